@@ -134,3 +134,13 @@ def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 1
             store.commit(work / f"{unit}.h5", f"features/{unit}.h5", STAGE, unit, fp,
                          {"n": len(ids), "dim": d})
     return store_path
+
+
+def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 200) -> Path:
+    """`feature_store` carried through the train, add and prefilter stages."""
+    from workflow import add, prefilter, train
+    store = feature_store(tmp_path, n=n, d=d, shard_size=shard_size)
+    train.run(train.TrainConfig(store=str(store), progress=False))
+    add.run(add.AddConfig(store=str(store), progress=False))
+    prefilter.run(prefilter.PrefilterConfig(store=str(store), progress=False))
+    return store

@@ -17,8 +17,15 @@ def test_the_main_job_runs_every_available_stage_on_the_demo_corpus(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     for line in ("preprocess  complete", "extract     complete", "train       complete",
-                 "add         complete", "prefilter   complete"):
+                 "add         complete", "prefilter   complete", "evaluate    complete",
+                 "| hierarchical |", "| exact | - |"):
         assert line in r.stdout, r.stdout
+    tuned = json.loads((store / "evaluation" / "report.json").read_text())["tuned"]
+    assert tuned["exact"]["tie_recall@10"] == 1.0
+    assert tuned["hierarchical"]["recall@10"] >= 0.95
+    page = store / "evaluation" / "results.html"
+    assert f"result page: {page}" in r.stdout
+    assert page.read_text().count("data:image/jpeg;base64,") == 6 * 9
     report = json.loads((store / "images" / "report.json").read_text())
     assert {f["status"] for f in report["failures"]} == {
         "empty", "corrupt", "not_image", "unsupported", "too_large"}
@@ -32,3 +39,16 @@ def test_the_main_job_runs_every_available_stage_on_the_demo_corpus(tmp_path):
                             str(tmp_path / "s"), "--weights", "none", "--input-size", "64",
                             "--no-progress"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "0 to do" in again.stderr, again.stderr[-2000:]
+    # an image file as the query: preprocessed and embedded as the corpus was, so a
+    # corpus image finds itself first
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    rel = next(k for k in sorted(manifest["images"]) if k.startswith("photos/")
+               and k.endswith(".jpg") and "copy" not in k)
+    q = subprocess.run([sys.executable, "scripts/06_search.py", "--store", str(store),
+                        "--scratch", str(tmp_path / "s"), "--query", str(tmp_path / "demo" / rel),
+                        "--k", "3", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert q.returncode == 0, q.stderr[-2000:]
+    hit = json.loads(q.stdout)
+    assert hit["query"] == str(tmp_path / "demo" / rel)
+    assert hit["results"][0]["key"] == rel.split("/", 1)[1] or \
+        hit["results"][0]["score"] > 0.999, hit

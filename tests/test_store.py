@@ -54,6 +54,22 @@ def test_cleanup_removes_leftovers_of_interrupted_commits(store, tmp_path):
     assert set(store.markers("st")) == {"good"}
 
 
+def test_replacing_a_unit_never_leaves_a_marker_for_other_bytes(store, tmp_path, monkeypatch):
+    store.commit(_local_file(tmp_path, b"first version"), "ev/r.bin", "st", "r", "fp")
+    second = _local_file(tmp_path, b"secnd version")  # same size, other bytes
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the process dies after the rename, before the marker
+    monkeypatch.setattr(store, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit(second, "ev/r.bin", "st", "r", "fp")
+    monkeypatch.undo()
+    assert store.marker("st", "r") is None
+    assert store.cleanup("st", "ev") == ["ev/r.bin"]
+    m = store.commit(second, "ev/r.bin", "st", "r", "fp")
+    assert store.read_bytes("ev/r.bin") == b"secnd version" and store.marker("st", "r") == m
+
+
 def test_fetch_verifies_against_marker(store, tmp_path):
     m = store.commit(_local_file(tmp_path), "images/a.bin", "st", "a", "fp")
     got = store.fetch(m, tmp_path / "in" / "a.bin")

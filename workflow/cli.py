@@ -253,6 +253,138 @@ def run_prefilter(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def search_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from .search import MODES
+    p = p or argparse.ArgumentParser(prog="06_search.py")
+    p.description = (
+        "Search the store by image, by id ('more like this') or by vector. Image queries "
+        "are preprocessed exactly as the corpus was and embedded with the same model. "
+        "Prints each query's top k (or, with --json, one JSON object per query per line) "
+        "and can write a result page with thumbnails from the stored image shards. "
+        "Parameters left out come from the store's evaluation (scripts/07_evaluate.py), "
+        "else from built-in defaults.")
+    p.formatter_class = _Formatter
+    q = p.add_argument_group("queries (at least one)")
+    q.add_argument("--query", action="extend", nargs="+", default=[], metavar="IMAGE",
+                   help="image files")
+    q.add_argument("--id", action="extend", nargs="+", type=int, default=[], metavar="N",
+                   help="ids of corpus images")
+    q.add_argument("--vectors", default=None, metavar="FILE.npy",
+                   help="a .npy file of query vectors [n, d] (or one vector [d])")
+    g = p.add_argument_group("search")
+    g.add_argument("--k", type=int, default=10, help="results per query")
+    g.add_argument("--mode", choices=MODES, default=None,
+                   help="search mode [default: hierarchical, or the store's tuned default]")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF lists visited")
+    g.add_argument("--rerank", type=int, default=None,
+                   help="IVF-PQ candidates re-scored exactly")
+    g.add_argument("--annoy", type=int, default=None, help="Annoy candidates re-scored exactly")
+    g.add_argument("--search-k", type=int, default=None,
+                   help="Annoy nodes inspected (-1: Annoy's default)")
+    g.add_argument("--exclude-self", action="store_true",
+                   help="leave an id query's own id out of its results")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true",
+                   help='one JSON object per query per line: {"query": ..., "results": '
+                        '[{"id", "key", "score"}, ...]}')
+    o.add_argument("--out", default=None, metavar="PAGE",
+                   help="write the results as an HTML page (.html) or a PNG sheet (.png)")
+    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL")
+    p.add_argument("--scratch", default=None, help="local scratch folder")
+    p.add_argument("--log-level", default="WARNING",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging detail")
+    return p
+
+
+def run_search(a: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .gallery import write_results_page
+    from .search import Searcher
+    queries: list = [*a.id, *a.query]
+    if a.vectors:
+        try:
+            queries.append(np.load(a.vectors))
+        except (OSError, ValueError) as e:
+            raise WorkflowError(f"--vectors {a.vectors}: cannot read it as a .npy array "
+                                f"({e})") from None
+    if not queries:
+        raise WorkflowError("nothing to search for: give --query IMAGE, --id N or --vectors")
+    searcher = Searcher(a.store, a.scratch)
+    results = searcher.search(queries, k=a.k, mode=a.mode, exclude_self=a.exclude_self,
+                              nprobe=a.nprobe, rerank=a.rerank, annoy=a.annoy,
+                              search_k=a.search_k)
+    for r in results:
+        if a.json:
+            print(json.dumps(r.to_json(), ensure_ascii=False))
+        else:
+            print(f"query {r.query}:")
+            for rank, (i, key, s) in enumerate(zip(r.ids, r.keys, r.scores), 1):
+                print(f"  {rank:>3}  {s:7.4f}  id {i:<10} {key}")
+    if a.out:
+        thumbs = searcher.thumbnails([i for r in results for i in r.ids] +
+                                     [int(r.query[3:]) for r in results
+                                      if r.query.startswith("id:")])
+        path = write_results_page(results, thumbs, a.out, f"{len(results)} queries, "
+                                  f"top {a.k}, {a.mode or searcher.default_mode}")
+        print(f"result page: {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def evaluate_parser(p: argparse.ArgumentParser | None = None,
+                    for_all: bool = False) -> argparse.ArgumentParser:
+    from .search import MODES
+    p = p or argparse.ArgumentParser(prog="07_evaluate.py")
+    p.description = p.description if for_all else (
+        "Stage 7: recall@1/10/100 of every search mode against exact search, single-query "
+        "latency (p50/p95/p99) and batch queries/s over a sweep of each mode's parameters; "
+        "the cheapest setting reaching --target-recall becomes the search default. The "
+        "exact top 100 is computed once, block by block, and kept in the store. Writes "
+        "evaluation/report.md, report.json and recall_vs_qps.png; with a folder-per-class "
+        "corpus also precision@k by class.")
+    p.formatter_class = _Formatter
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--queries", type=int, default=1000,
+                   help="size of the seeded sample of corpus images used as queries")
+    g.add_argument("--query-dir", default=None,
+                   help="a folder of query images instead (a sub-folder per class gives "
+                        "precision@k by class)")
+    g.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@10 that the tuned search defaults must reach")
+    if not for_all:
+        g.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                       help="modes to evaluate")
+        g.add_argument("--eval-seed", type=int, default=0, help="seed of the query sample")
+        g.add_argument("--latency-queries", type=int, default=200,
+                       help="single queries timed per setting (exact: at most 20)")
+        g.add_argument("--labels", choices=["auto", "none"], default="auto",
+                       help="precision@k by class where every image is in a class folder")
+        g.add_argument("--remeasure", action="store_true",
+                       help="measure the sweeps again (the exact ground truth is kept)")
+        g.add_argument("--checkpoint-seconds", type=float, default=30.0,
+                       help="how often the exact search saves its progress to the store")
+        add_common(p)
+    return p
+
+
+def run_evaluate(a: argparse.Namespace) -> int:
+    from . import evaluate
+    from .search import MODES
+    cfg = evaluate.EvaluateConfig(
+        store=a.store, scratch=a.scratch, queries=a.queries, query_dir=a.query_dir,
+        seed=getattr(a, "eval_seed", 0), target_recall=a.target_recall,
+        modes=tuple(getattr(a, "modes", MODES)),
+        latency_queries=getattr(a, "latency_queries", 200),
+        labels=getattr(a, "labels", "auto"), remeasure=getattr(a, "remeasure", False),
+        checkpoint_seconds=getattr(a, "checkpoint_seconds", 30.0),
+        max_minutes=a.max_minutes, takeover=a.takeover, progress=not a.no_progress)
+    result = evaluate.run(cfg)
+    print(result.summary())
+    return EXIT_OK if result.complete else EXIT_RESUMABLE
+
+
 def _size(text: str) -> int:
     from .utils import parse_size
     try:
@@ -308,11 +440,13 @@ def all_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentPar
     extract_parser(p, for_all=True)
     train_parser(p, for_all=True)
     prefilter_parser(p, for_all=True)
+    evaluate_parser(p, for_all=True)
     p.description = (
         "Run every stage in order on --source (or on the built-in demo corpus with "
         "--demo), then print where each stands. Each stage resumes where it stopped, so "
-        "after a disconnect just run the same command again. Stages available in this "
-        "version: preprocess, extract, train, add, prefilter. Where the ImageNet "
+        "after a disconnect just run the same command again. At the end it prints the "
+        "recall table of every search mode and writes a result page "
+        "(evaluation/results.html in the store). Where the ImageNet "
         "weights cannot be downloaded and neither --model nor --weights is given, "
         "extract says so and goes on with "
         "random weights (the workflow runs; visual similarity is meaningless).")
@@ -343,8 +477,32 @@ def run_all(a: argparse.Namespace) -> int:
         code = run_add(a)
     if code == EXIT_OK:
         code = run_prefilter(a)
-    print(status_report(Store(a.store, a.scratch)))
+    if code == EXIT_OK:
+        code = run_evaluate(a)
+    store = Store(a.store, a.scratch)
+    if code == EXIT_OK:
+        print(f"result page: {results_page(store)}")
+    print(status_report(store))
     return code
+
+
+def results_page(store, n_queries: int = 6, k: int = 8) -> str:
+    """A result page for a few evaluation queries, committed as evaluation/results.html."""
+    from .evaluate import STAGE as EVALUATE, sample_query_ids
+    from .gallery import write_results_page
+    from .search import Searcher
+    searcher = Searcher(store)
+    ids = sample_query_ids(searcher.xb, n_queries, seed=1).tolist()
+    results = searcher.search(ids, k=k, exclude_self=True)
+    thumbs = searcher.thumbnails([i for r in results for i in r.ids] + ids)
+    work = store.scratch / EVALUATE
+    path = write_results_page(results, thumbs, work / "results.html",
+                              f"{len(ids)} corpus images and their {k} nearest neighbours "
+                              f"({searcher.default_mode} search)")
+    fp = store.run_info()["stages"][EVALUATE]["fingerprint"]
+    store.commit(path, "evaluation/results.html", EVALUATE, "results-page", fp)
+    path.unlink()
+    return store.display("evaluation/results.html")
 
 
 def _extract_for_all(a: argparse.Namespace) -> int:
@@ -381,6 +539,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "train": (train_parser, run_train),
     "add": (add_parser, run_add),
     "prefilter": (prefilter_parser, run_prefilter),
+    "evaluate": (evaluate_parser, run_evaluate),
+    "search": (search_parser, run_search),
     "status": (status_parser, run_status),
     "reset": (reset_parser, run_reset),
 }

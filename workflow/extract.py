@@ -320,8 +320,9 @@ class QueryEmbedder:
         return make_embedder(ModelSpec(**ext["spec"]), "auto")
 
     def embed(self, images: list) -> np.ndarray:
-        """Image paths or bytes -> L2-normalised float32 features [n, d]."""
-        batch = []
+        """Image paths or bytes -> L2-normalised float32 features [n, d]. The
+        preprocessed JPEGs are kept in `last_jpegs` (thumbnails of the queries)."""
+        batch, self.last_jpegs = [], []
         for im in images:
             data = im if isinstance(im, (bytes, bytearray)) else open(im, "rb").read()
             r = preprocess_image(bytes(data), self.opts)
@@ -329,4 +330,5 @@ class QueryEmbedder:
                 name = "query bytes" if isinstance(im, (bytes, bytearray)) else str(im)
                 raise WorkflowError(f"{name}: {Status(r.status).label}: {r.reason}")
             batch.append(model_input(r.jpeg, self.embedder.input_size))
+            self.last_jpegs.append(r.jpeg)
         return l2_normalize(self.embedder(np.stack(batch)))

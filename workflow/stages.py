@@ -5,6 +5,7 @@ import time
 from typing import NamedTuple
 
 from .lease import read_leases
+from .search import MODES
 from .store import DONE_DIR, Store
 
 
@@ -82,8 +83,25 @@ def _prefilter_status(store: Store, markers: dict) -> tuple[bool, list[str]]:
                   f"{m.extra['trees']} trees"]
 
 
+def _evaluate_status(store: Store, markers: dict) -> tuple[bool, list[str]]:
+    m = markers.get("report")
+    if m is None:
+        gt = markers.get("groundtruth")
+        partial = markers.get("groundtruth-partial")
+        sweeps = sorted(u[len("sweep-"):] for u in markers if u.startswith("sweep-"))
+        return False, [("exact ground truth done" if gt else
+                        f"exact ground truth: {len(partial.extra['done']) if partial else 0} "
+                        "shards done"), f"modes measured: {', '.join(sweeps) or 'none'}"]
+    out = [f"{m.extra.get('queries', 0):,} queries; tuned recall@10 and p50 latency"]
+    tuned = m.extra.get("tuned", {})
+    for mode in sorted(tuned, key=lambda x: MODES.index(x) if x in MODES else 99):
+        out.append(f"{mode} {tuned[mode]['recall@10']:.3f} at {tuned[mode]['p50_ms']:.2f} ms")
+    return True, out
+
+
 STATUS = {"preprocess": _preprocess_status, "extract": _extract_status,
-          "train": _train_status, "add": _add_status, "prefilter": _prefilter_status}
+          "train": _train_status, "add": _add_status, "prefilter": _prefilter_status,
+          "evaluate": _evaluate_status}
 
 
 def stage_status(store: Store, stage: str) -> str:

@@ -202,12 +202,26 @@ class Store:
                     out[d["unit"]] = Marker.from_json(d)
         return out
 
+    def remove_marker(self, stage: str, unit: str, remove_file: bool = False) -> None:
+        """Forget that a unit is done (its file too, with remove_file); no-op if absent."""
+        m = self.marker(stage, unit)
+        if m is None:
+            return
+        self.remove(self.marker_path(stage, unit))
+        if remove_file and self.exists(m.path):
+            self.remove(m.path)
+
     def commit(self, local: str | os.PathLike, rel: str, stage: str, unit: str,
                stage_fingerprint: str, extra: dict | None = None) -> Marker:
         """Copy a finished local file to `rel` in the store, verify it, then mark it done."""
         local = os.fspath(local)
         size, sha = sha256_file(local)
         marker = Marker(stage, unit, rel, size, sha, stage_fingerprint, dict(extra or {}))
+        if self.exists(self.marker_path(stage, unit)):
+            # replacing a unit: its old marker goes first, so that a kill before the new
+            # marker is written leaves an unmarked file (removed by cleanup), never a
+            # marker that describes other bytes
+            self.remove(self.marker_path(stage, unit))
         self._retry(lambda: self._upload(local, rel, size, sha), f"commit {self.display(rel)}")
         self.write_json(self.marker_path(stage, unit), marker.to_json())
         logger.debug("committed %s (%d bytes)", self.display(rel), size)

@@ -1,0 +1,229 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, indexed_store, kill_repeatedly
+from workflow.evaluate import (EvaluateConfig, class_label, labelled, merge_topk,
+                               precision_by_class, recall_at, run, sample_query_ids,
+                               sweep_grid, tie_aware_recall, tune)
+from workflow.search import Searcher
+from workflow.store import Store
+
+
+def test_recall_at_k_by_hand():
+    gt = np.array([[1, 2, 3], [4, 5, -1]])
+    I = np.array([[2, 9, 1], [5, 4, 7]])
+    assert recall_at(I, gt, 1) == 0.0
+    assert recall_at(I, gt, 2) == pytest.approx(3 / 4)
+    assert recall_at(I, gt, 3) == pytest.approx(4 / 5)  # the 2nd query has 2 exact results
+
+
+def test_tie_aware_recall_counts_duplicates_of_exact_neighbours():
+    xb = np.eye(4, dtype=np.float16)
+    xb[3] = xb[1]  # 3 duplicates 1
+    xq = np.array([[0.0, 1.0, 0.0, 0.0]], np.float32)
+    gt_D = np.array([[1.0]], np.float32)  # the exact top 1 is id 1
+    assert tie_aware_recall(np.array([[3]]), xq, xb, gt_D, k=1) == 1.0
+    assert recall_at(np.array([[3]]), np.array([[1]]), 1) == 0.0
+    assert tie_aware_recall(np.array([[0]]), xq, xb, gt_D, k=1) == 0.0
+
+
+def test_precision_by_class_and_labels():
+    labels = ["a", "a", "b", "b", "b"]
+    I = np.array([[1, 2], [0, 4], [3, 4]])
+    mean, per = precision_by_class(I, ["a", "a", "b"], labels, 2)
+    assert per == {"a": pytest.approx(0.5), "b": 1.0} and mean == pytest.approx(2 / 3)
+    assert class_label("train/daisy/x.jpg") == "daisy" and class_label("x.jpg") == ""
+    assert labelled(["a", "a", "b", "b"]) and not labelled(["a", "b"])
+    assert not labelled(["a", "a", ""])
+
+
+def test_merge_topk_keeps_the_best_and_orders_ties_by_id():
+    D, I = merge_topk(np.array([[0.9, 0.5]]), np.array([[7, 3]]),
+                      np.array([[0.9, 0.8]]), np.array([[2, 5]]), 3)
+    assert I.tolist() == [[2, 7, 5]] and D[0].tolist() == pytest.approx([0.9, 0.9, 0.8])
+
+
+@pytest.mark.parametrize("points, target, want", [
+    ([{"recall@10": 0.9, "p50_ms": 1, "qps": 10}, {"recall@10": 0.97, "p50_ms": 3, "qps": 5},
+      {"recall@10": 0.99, "p50_ms": 2, "qps": 6}], 0.95, (2, True)),
+    ([{"recall@10": 0.9, "p50_ms": 1, "qps": 10}, {"recall@10": 0.93, "p50_ms": 3, "qps": 5}],
+     0.95, (1, False)),
+    ([{"recall@10": 0.96, "p50_ms": 1, "qps": 10}, {"recall@10": 0.99, "p50_ms": 1, "qps": 20}],
+     0.95, (1, True)),
+])
+def test_tune_picks_the_cheapest_setting_reaching_the_target(points, target, want):
+    assert tune(points, target) == want
+
+
+def test_sweep_grids_fit_the_index():
+    assert [p.nprobe for p in sweep_grid("ivfpq", 8, 600)] == [1, 2, 4, 8]
+    assert {p.rerank for p in sweep_grid("ivfpq+rerank", 4096, 120)} == {50, 100, 120}
+    assert len(sweep_grid("exact", 1, 10)) == 1
+    assert all(p.annoy <= 30 for p in sweep_grid("hierarchical", 4, 30))
+
+
+def test_query_sample_is_seeded_and_skips_items_without_features():
+    xb = np.ones((50, 4), np.float16)
+    xb[::3] = 0
+    a, b = sample_query_ids(xb, 20, 1), sample_query_ids(xb, 20, 1)
+    assert np.array_equal(a, b) and len(a) == 20 and not (a % 3 == 0).any()
+    assert len(sample_query_ids(xb, 1000, 0)) == 33
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    store = indexed_store(tmp_path_factory.mktemp("evaluate"))
+    result = run(EvaluateConfig(store=str(store), queries=80, latency_queries=10,
+                                progress=False))
+    return store, result
+
+
+def test_evaluation_reports_every_mode_and_tunes_the_search_defaults(evaluated):
+    store, result = evaluated
+    assert result.complete and result.n_queries == 80
+    rep = json.loads((store / "evaluation" / "report.json").read_text())
+    assert list(rep["tuned"]) == ["exact", "ivfpq", "ivfpq+rerank", "annoy+rerank",
+                                  "hierarchical"]
+    exact = rep["tuned"]["exact"]
+    assert exact["recall@10"] == 1.0 and exact["tie_recall@10"] == 1.0
+    for mode in ("ivfpq+rerank", "annoy+rerank", "hierarchical"):
+        t = rep["tuned"][mode]
+        assert t["target_met"] and t["recall@10"] >= 0.95, (mode, t)
+        assert 0 < t["p50_ms"] <= t["p95_ms"] <= t["p99_ms"] and t["qps"] > 0
+    assert rep["tuned"]["ivfpq"]["recall@10"] < 0.95 <= rep["tuned"]["hierarchical"]["recall@10"]
+    assert rep["cache"]["hits"] == 50 and rep["cache"]["p50_ms"] < rep["tuned"]["exact"]["p50_ms"]
+    md = (store / "evaluation" / "report.md").read_text()
+    assert "| hierarchical |" in md and "## Sweeps" in md and "Precision@k by class" in md
+    assert (store / "evaluation" / "recall_vs_qps.png").read_bytes()[:4] == b"\x89PNG"
+    # class folders (class0, class1) give precision@k by class
+    p = rep["precision"]["by_mode"]
+    assert set(rep["precision"]["classes"]) == {"class0", "class1"}
+    assert 0 <= p["exact (ground truth)"]["P@10"]["mean"] <= 1
+    # the tuned settings are the search defaults now
+    s = Searcher(store)
+    for mode in ("ivfpq+rerank", "hierarchical"):
+        assert s.defaults[mode].for_mode(mode) == rep["tuned"][mode]["params"]
+    assert "evaluate    complete: 80 queries" in subprocess.run(
+        [sys.executable, "-m", "workflow", "status", "--store", str(store)], cwd=ROOT,
+        capture_output=True, text=True).stdout
+
+
+def test_recall_counts_are_against_an_independent_exact_search(evaluated):
+    store, _ = evaluated
+    with np.load(store / "evaluation" / "groundtruth.npz") as f:
+        qids, D, I = f["query_ids"], f["D"], f["I"]
+    xb = np.load(store / "index" / "rerank.npy").astype(np.float32)
+    s = xb[qids] @ xb.T
+    s[np.arange(len(qids)), qids] = -np.inf  # own id left out
+    top = np.argsort(-s, axis=1, kind="stable")[:, :100]
+    assert recall_at(I, top, 100) > 0.999 and not (I == qids[:, None]).any()
+    assert np.allclose(D[:, 0], s.max(axis=1), atol=1e-5)
+
+
+def test_a_second_evaluation_reuses_the_ground_truth_and_the_sweeps(evaluated):
+    store, first = evaluated
+    gt = (store / "evaluation" / "groundtruth.npz").read_bytes()
+    sweep = (store / "evaluation" / "sweep-hierarchical.npz").read_bytes()
+    again = run(EvaluateConfig(store=str(store), queries=80, latency_queries=10,
+                               target_recall=0.5, progress=False))
+    assert again.seconds < first.seconds / 2
+    assert (store / "evaluation" / "groundtruth.npz").read_bytes() == gt
+    assert (store / "evaluation" / "sweep-hierarchical.npz").read_bytes() == sweep
+    assert json.loads((store / "evaluation" / "search_defaults.json").read_text())[
+        "target_recall"] == 0.5
+    from workflow.errors import FingerprintMismatch
+    with pytest.raises(FingerprintMismatch, match="queries"):
+        run(EvaluateConfig(store=str(store), queries=81, progress=False))
+
+
+def _recalls(store):
+    rep = json.loads((store / "evaluation" / "report.json").read_text())
+    return {m: [{k: v for k, v in p.items() if k.startswith(("recall", "tie", "params"))}
+                for p in pts] for m, pts in rep["sweeps"].items()}
+
+
+def _eval_units(store) -> int:
+    s = Store(store)
+    m = s.markers("evaluate")
+    partial = m.get("groundtruth-partial")
+    return len(m) + (len(partial.extra["done"]) if partial else 0)
+
+
+@pytest.mark.slow
+def test_sigkill_during_evaluate_then_resume_gives_the_same_results(tmp_path):
+    store = indexed_store(tmp_path, n=3000, d=32, shard_size=200)
+    ref = tmp_path / "ref"
+    shutil.copytree(store, ref)
+
+    def cmd(s):
+        return [sys.executable, "-m", "workflow", "evaluate", "--store", str(s), "--scratch",
+                str(tmp_path / f"scratch-{s.name}"), "--queries", "150", "--latency-queries",
+                "5", "--checkpoint-seconds", "0", "--modes", "exact", "ivfpq+rerank",
+                "hierarchical", "--no-progress"]
+
+    assert subprocess.run(cmd(ref), cwd=ROOT, capture_output=True).returncode == 0
+    kills = kill_repeatedly(cmd(store), lambda: _eval_units(store), seed=3, delay=0.3)
+    assert kills >= 2
+    with np.load(store / "evaluation" / "groundtruth.npz") as a, \
+            np.load(ref / "evaluation" / "groundtruth.npz") as b:
+        for name in ("query_ids", "xq", "D", "I"):
+            assert np.array_equal(a[name], b[name]), name
+    assert _recalls(store) == _recalls(ref)
+    leftovers = [p for p in (store / "evaluation").iterdir()
+                 if ".tmp-" in p.name or "partial" in p.name]
+    assert not leftovers
+
+
+def test_max_minutes_stops_the_evaluation_and_a_rerun_finishes_it(tmp_path):
+    store = indexed_store(tmp_path, n=600, d=32, shard_size=100)
+    base = [sys.executable, "-m", "workflow", "evaluate", "--store", str(store), "--queries",
+            "40", "--latency-queries", "3", "--modes", "exact", "--no-progress"]
+    stopped = subprocess.run(base + ["--max-minutes", "1e-6"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert stopped.returncode == 3, stopped.stderr[-2000:]
+    assert "re-run the same command to resume" in stopped.stderr
+    done = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "| exact |" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_flowers12_hierarchical_precision_matches_exact_search(tmp_path, shared_assets):
+    """flowers12 through every stage with the TFLite MobileNet; precision@10 of the
+    hierarchical search within 0.01 of exact search."""
+    from workflow import add, extract, prefilter, preprocess, train
+    store = str(tmp_path / "store")
+    preprocess.run(preprocess.PreprocessConfig(
+        store=store, progress=False, shard_size=250,
+        sources=(str(shared_assets / "images" / "flowers12"),)))
+    extract.run(extract.ExtractConfig(
+        store=store, progress=False,
+        model=str(shared_assets / "models" /
+                  "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")))
+    train.run(train.TrainConfig(store=store, progress=False))
+    add.run(add.AddConfig(store=store, progress=False))
+    prefilter.run(prefilter.PrefilterConfig(store=store, progress=False))
+    rep = run(EvaluateConfig(store=store, queries=960, latency_queries=20,
+                             progress=False)).report
+    p = rep["precision"]["by_mode"]
+    exact, hier = p["exact (ground truth)"]["P@10"]["mean"], p["hierarchical"]["P@10"]["mean"]
+    assert exact > 0.8 and abs(hier - exact) <= 0.01, (exact, hier)
+    assert len(rep["precision"]["classes"]) == 12
+    # a folder of query images, a sub-folder per class: embedded like the corpus
+    qdir = tmp_path / "queries"
+    for cls in ("daisy", "sunflower"):
+        src = sorted((shared_assets / "images" / "flowers12" / "test" / cls).glob("*.jpg"))[:3]
+        (qdir / cls).mkdir(parents=True)
+        for f in src:
+            shutil.copy(f, qdir / cls / f.name)
+    other = tmp_path / "store-q"
+    shutil.copytree(store, other, ignore=shutil.ignore_patterns("evaluation", "evaluate*"))
+    Store(other).forget_stage("evaluate")
+    rep = run(EvaluateConfig(store=str(other), query_dir=str(qdir), latency_queries=3,
+                             modes=("exact", "hierarchical"), progress=False)).report
+    assert rep["queries"] == 6 and rep["precision"]["classes"] == ["daisy", "sunflower"]
+    assert rep["tuned"]["hierarchical"]["recall@1"] == 1.0  # the image itself is found

@@ -1,0 +1,167 @@
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, indexed_store, structured_vectors
+from workflow.errors import ConfigError, WorkflowError
+from workflow.gallery import write_results_page
+from workflow.search import (MODES, QueryCache, SearchParams, Searcher, drop_ids,
+                             exact_search, rerank)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return indexed_store(tmp_path_factory.mktemp("search"))
+
+
+def brute(xq, xb, k):
+    s = xq @ xb.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(xb)), s.shape), -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), order
+
+
+def test_exact_search_over_blocks_equals_brute_force():
+    xb = structured_vectors(500, 16, seed=1)
+    xq = structured_vectors(7, 16, seed=2)
+    blocks = [(np.arange(lo, min(lo + 64, 500)), xb[lo:lo + 64]) for lo in range(0, 500, 64)]
+    D, I = exact_search(xq, blocks, 10)
+    Dr, Ir = brute(xq, xb, 10)
+    assert np.array_equal(I, Ir) and np.allclose(D, Dr, atol=1e-5)
+
+
+def test_exact_search_pads_when_there_are_fewer_than_k():
+    xb = structured_vectors(3, 8)
+    D, I = exact_search(xb[:1], [(np.array([5, 6, 7]), xb)], 5)
+    assert I[0, 0] == 5 and (I[0, 3:] == -1).all() and np.isneginf(D[0, 3:]).all()
+
+
+def test_rerank_scores_candidates_exactly_and_breaks_ties_by_id():
+    xb = structured_vectors(100, 8).astype(np.float16)
+    xb[40] = xb[10]  # a duplicate: same score, the lower id first
+    xq = xb[[10, 50]].astype(np.float32)
+    cand = np.array([[40, 10, 3, 3, -1, 77], [50, 1, 2, -1, -1, -1]])
+    D, I = rerank(xq, cand, xb, 3)
+    assert I[0].tolist()[:2] == [10, 40] and D[0, 0] == D[0, 1]
+    assert I[1, 0] == 50 and len(set(I[1])) == 3
+    s = xb[[3, 77]].astype(np.float32) @ xq[0]
+    assert I[0, 2] == [3, 77][int(np.argmax(s))]
+
+
+def test_drop_ids_removes_the_query_itself():
+    D = np.array([[1.0, 0.9, 0.8], [0.7, 0.6, 0.5]], np.float32)
+    I = np.array([[4, 2, 9], [1, 3, 8]])
+    D2, I2 = drop_ids(D, I, np.array([2, -1]), 2)
+    assert I2.tolist() == [[4, 9], [1, 3]] and D2[0].tolist() == pytest.approx([1.0, 0.8])
+
+
+def test_query_cache_is_bounded_lru_with_statistics():
+    c = QueryCache(2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1
+    c.put("c", 3)  # evicts b, the least recently used
+    assert c.get("b") is None and c.get("c") == 3
+    assert c.stats() == {"hits": 2, "misses": 1, "size": 2, "maxsize": 2, "hit_rate": 2 / 3}
+    off = QueryCache(0)
+    off.put("a", 1)
+    assert off.get("a") is None
+
+
+def test_search_params_are_validated():
+    with pytest.raises(ConfigError, match="nprobe=0"):
+        SearchParams(nprobe=0).validate()
+    assert SearchParams(annoy=0).validate().for_mode("hierarchical")["annoy"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_finds_the_query_itself_and_good_neighbours(store, mode):
+    s = Searcher(store)
+    xb = np.asarray(s.xb, np.float32)
+    ids = [0, 55, 123, 399, 598]
+    _, Ir = brute(xb[ids], xb, 10)
+    res = s.search(ids, k=10, mode=mode)
+    assert [r.query for r in res] == [f"id:{i}" for i in ids]
+    overlap = np.mean([len(set(r.ids) & set(Ir[j])) / 10 for j, r in enumerate(res)])
+    if mode == "ivfpq":  # PQ scores alone: neighbours, approximately
+        assert overlap > 0.3
+    else:
+        assert [r.ids[0] for r in res] == ids and overlap > 0.9
+        assert res[0].scores[0] == pytest.approx(1.0, abs=2e-3)
+    assert all(len(r.ids) == 10 and r.scores == sorted(r.scores, reverse=True) for r in res)
+    assert res[0].keys[0] == "class0/img0000.jpg" or mode == "ivfpq"
+
+
+def test_exclude_self_and_vector_queries(store):
+    s = Searcher(store)
+    r = s.search([7], k=5, mode="exact", exclude_self=True)[0]
+    assert 7 not in r.ids and len(r.ids) == 5
+    v = np.asarray(s.xb[7], np.float32) * 3  # not normalised: the searcher normalises
+    one, two = s.search(np.stack([v, v]), k=5, mode="exact")
+    assert one.ids[0] == 7 and one.ids == two.ids and one.query == "vector:0"
+    assert s.search(v, k=5, mode="exact")[0].ids == one.ids
+
+
+def test_a_repeated_query_is_served_by_the_cache_without_the_index(store, monkeypatch):
+    s = Searcher(store, cache_size=8)
+    first = s.search([3, 4], k=5)
+    monkeypatch.setattr(s, "search_vectors", lambda *a, **k: pytest.fail("index touched"))
+    again = s.search([4, 3], k=5)
+    assert [r.cached for r in again] == [True, True]
+    assert again[1].ids == first[0].ids and again[0].ids == first[1].ids
+    assert s.cache.stats()["hits"] == 2
+    with pytest.raises(pytest.fail.Exception):
+        s.search([3], k=5, nprobe=3)  # other parameters: not the cached result
+
+
+def test_bad_queries_get_clear_errors(store, tmp_path):
+    s = Searcher(store)
+    with pytest.raises(ConfigError, match="not in the corpus"):
+        s.search([10_000])
+    with pytest.raises(ConfigError, match="32 dimensions"):
+        s.search(np.ones(5, np.float32))
+    with pytest.raises(ConfigError, match="unknown search mode"):
+        s.search([1], mode="fast")
+    with pytest.raises(WorkflowError, match="cannot read query image .*nope.jpg"):
+        s.search([str(tmp_path / "nope.jpg")])
+    with pytest.raises(WorkflowError, match="there is no store at .*missing"):
+        Searcher(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkflowError, match="has no re-rank store; run scripts/04_add.py"):
+        Searcher(tmp_path / "empty").search([1])
+
+
+def test_result_page_html_and_png_with_stored_thumbnails(store, tmp_path):
+    s = Searcher(store)
+    res = s.search([5, 6], k=4, exclude_self=True)
+    thumbs = s.thumbnails([i for r in res for i in r.ids] + [5, 6])
+    assert len(thumbs) == len({i for r in res for i in r.ids} | {5, 6})
+    img = cv2.imdecode(np.frombuffer(thumbs[5], np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (16, 16, 3)  # the stored (preprocessed) image
+    page = write_results_page(res, thumbs, tmp_path / "r.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 2 + 8 and res[0].keys[0] in page
+    sheet = cv2.imread(str(write_results_page(res, thumbs, tmp_path / "r.png")))
+    assert sheet.shape[0] == 2 * 194 and sheet.shape[1] == 5 * 160
+    with pytest.raises(ConfigError, match=".html or .png"):
+        write_results_page(res, thumbs, tmp_path / "r.pdf")
+
+
+def test_search_command_prints_json_lines(store, tmp_path):
+    np.save(tmp_path / "q.npy", np.asarray(Searcher(store).xb[9], np.float32))
+    r = subprocess.run([sys.executable, "scripts/06_search.py", "--store", str(store),
+                        "--id", "9", "12", "--vectors", str(tmp_path / "q.npy"), "--k", "3",
+                        "--mode", "ivfpq+rerank", "--rerank", "50", "--json", "--out",
+                        str(tmp_path / "page.html")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [ln["query"] for ln in lines] == ["id:9", "id:12", "vector:2"]
+    assert lines[0]["results"][0] == {"id": 9, "key": "class0/img0018.jpg",
+                                      "score": pytest.approx(1.0, abs=2e-3)}
+    assert lines[2]["results"][0]["id"] == 9 and len(lines[1]["results"]) == 3
+    assert (tmp_path / "page.html").exists() and "result page" in r.stderr
+    bad = subprocess.run([sys.executable, "scripts/06_search.py", "--store", str(store)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "nothing to search for" in bad.stderr
