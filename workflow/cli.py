@@ -354,11 +354,12 @@ def evaluate_parser(p: argparse.ArgumentParser | None = None,
     g.add_argument("--target-recall", type=float, default=0.95,
                    help="recall@10 that the tuned search defaults must reach")
     if not for_all:
-        g.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                       help="modes to evaluate")
+        g.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), metavar="MODE",
+                       help=f"modes to evaluate: {', '.join(MODES)}")
         g.add_argument("--eval-seed", type=int, default=0, help="seed of the query sample")
         g.add_argument("--latency-queries", type=int, default=200,
-                       help="single queries timed per setting (exact: at most 20)")
+                       help="single queries timed per setting (exact: 3 to 20, fewer for "
+                            "larger corpora)")
         g.add_argument("--labels", choices=["auto", "none"], default="auto",
                        help="precision@k by class where every image is in a class folder")
         g.add_argument("--remeasure", action="store_true",

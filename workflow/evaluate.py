@@ -393,7 +393,9 @@ def measure(cfg, searcher: Searcher, mode: str, p: SearchParams, q: dict):
                                           excl[lo:lo + cfg.batch_size])[1])
     qps = len(xq) / (time.perf_counter() - t)
     I = np.vstack(Is)
-    n_lat = min(cfg.latency_queries, len(xq), 20 if mode == "exact" else len(xq))
+    n_lat = min(cfg.latency_queries, len(xq))
+    if mode == "exact":  # a full scan per query: a few are enough (7 at 2M x 1280)
+        n_lat = min(n_lat, max(3, min(20, int(2e10 // (len(searcher.xb) * searcher.d)))))
     searcher.search_vectors(xq[:1], 10, mode, p, excl[:1])  # warm-up
     lat = []
     for i in range(n_lat):
