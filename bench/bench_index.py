@@ -5,7 +5,8 @@ Writes N structured synthetic vectors of dimension d (clusters in a 16-dimension
 subspace plus noise, L2-normalised; iid Gaussian vectors would make IVF-PQ look broken)
 as float16 feature shards of `--shard-size` into a fresh store, as the extract stage
 would. The preprocess and extract stages are stood in for: their markers are committed
-with placeholder image shards, since only the feature shards matter here. Then it runs
+with placeholder image shards (and a plan whose keys are `synthetic/NNNNNNN`), since
+only the feature shards matter here. Then it runs
 the train, add and prefilter stages in child processes, one at a time, and reports each
 stage's wall time and peak RSS (of the child process, from `os.wait4`), plus a
 recall@10 check of the filled index against exact search on 200 queries.
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow.extract import write_feature_shard  # noqa: E402
-from workflow.plan import shard_bounds, shard_name  # noqa: E402
+from workflow.plan import Plan, shard_bounds, shard_name  # noqa: E402
 from workflow.shards import ImageShardWriter  # noqa: E402
 from workflow.store import Store  # noqa: E402
 
@@ -60,8 +61,9 @@ def write_store(root: Path, n: int, d: int, shard_size: int, seed: int) -> Store
     work.mkdir(parents=True, exist_ok=True)
     placeholder = work / "placeholder.h5"
     ImageShardWriter(str(placeholder), [], [], {"fingerprint": pre}).close()
-    plan = work / "plan.txt"
-    plan.write_text(f"synthetic plan of {n} items\n")
+    plan = work / "plan.h5"
+    Plan([], [f"synthetic/{i:07d}" for i in range(n)], np.zeros(n, np.int16), [""] * n,
+         np.zeros(n, np.int64), np.zeros(n, np.int64), bounds).save(str(plan))
     store.commit(plan, "images/plan.h5", "preprocess", "plan", pre,
                  {"n": n, "shards": len(bounds) - 1})
     for i in range(len(bounds) - 1):

@@ -63,7 +63,7 @@ def bench_index(a) -> None:
     log = store.parent / "evaluate.log"
     seconds, rss = stage(["evaluate", "--store", str(store), "--queries", str(a.queries),
                           "--target-recall", str(a.target_recall), "--labels", "none",
-                          "--remeasure"], log)
+                          *([] if a.reuse else ["--remeasure"])], log)
     report = json.loads((store / "evaluation" / "report.json").read_text())
     print(f"\n{dt.date.today()} | {machine()} | python bench/bench_search.py "
           f"{' '.join(sys.argv[1:])}\n")
@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="index: reuse the sweeps already measured in the store")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     bench_index(a) if a.what == "index" else bench_flowers(a)

@@ -43,3 +43,22 @@ class BrokenEnvironmentWorker(ImageWorker):
 def squares(xs):
     """A chunk job: [x] -> [x*x]; hangs or dies on 'hang' / 'crash' anywhere in the chunk."""
     return [square(x) for x in xs]
+
+
+class KillsItsTaskOnce(ImageWorker):
+    """The real per-image job, but the first call anywhere (marked by a flag file) kills
+    the process that started this worker: under the spark executor, the Python worker
+    running the shard's task, so that Spark must retry the task."""
+
+    def __init__(self, opts, flag: str):
+        super().__init__(opts)
+        self.flag = flag
+
+    def __call__(self, chunk):
+        try:
+            fd = os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().__call__(chunk)
+        os.close(fd)
+        os.kill(os.getppid(), 9)
+        time.sleep(3600)

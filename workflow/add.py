@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -22,9 +23,11 @@ from tqdm.auto import tqdm
 
 from .errors import DeadlineReached, WorkflowError, check_settings
 from .estimate import estimate_index_bytes
-from .extract import fetch_features
+from .executors import SHARD_EXECUTORS, map_shards
+from .extract import STAGE as EXTRACT, fetch_features
 from .lease import Lease
 from .preprocess import STAGE as PREPROCESS
+from .spark import run_in_scratch, worker_cached
 from .store import Store
 from .train import STAGE as TRAIN, feature_markers, load_trained
 from .utils import Timeit
@@ -46,6 +49,9 @@ class AddConfig:
     scratch: str | None = None
     memory_budget: int = 8 << 30
     on_disk: str = "auto"
+    executor: str = "local"
+    workers: int = 2
+    spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
     progress: bool = True
@@ -54,6 +60,9 @@ class AddConfig:
         check_settings([
             (self.memory_budget > 0, "--memory-budget must be positive"),
             (self.on_disk in ("auto", "on", "off"), "--on-disk must be auto, on or off"),
+            (self.executor in SHARD_EXECUTORS,
+             f"--executor must be one of {', '.join(SHARD_EXECUTORS)}"),
+            (self.workers >= 1, "--workers must be at least 1"),
             (self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be > 0"),
         ])
         return self
@@ -116,27 +125,50 @@ def run(cfg: AddConfig) -> AddResult:
 
 
 def _add_parts(cfg, store, trained, feats, pending, fp, lease, deadline) -> None:
-    work = store.scratch / STAGE
-    work.mkdir(parents=True, exist_ok=True)
     total = sum(feats[u].extra["n"] for u in pending)
-    times: list[float] = []
+    task = PartTask(cfg, fp, None if cfg.executor != "local" else (store, trained))
     with tqdm(total=total, unit="vec", desc="add", disable=not cfg.progress,
               mininterval=1.0, dynamic_ncols=True) as bar:
-        for unit in pending:
-            if deadline is not None and time.monotonic() + (
-                    np.mean(times) if times else 0.0) > deadline:
-                raise DeadlineReached()
-            t = time.monotonic()
-            ids, x = fetch_features(store, feats[unit], work)
-            part = faiss.clone_index(trained)
-            part.add_with_ids(x.astype(np.float32), ids)
-            faiss.write_index(part, str(work / f"{unit}.faiss"))
+        for unit, n in map_shards(cfg.executor, task, pending, cfg.workers, cfg.spark_master,
+                                  STAGE, deadline, {"store": store.display("run.json")}):
             lease.check()
-            store.commit(work / f"{unit}.faiss", f"{PARTS}/{unit}.faiss", STAGE, unit, fp,
-                         {"n": int(len(ids))})
-            (work / f"{unit}.faiss").unlink()
-            bar.update(len(ids))
-            times.append(time.monotonic() - t)
+            bar.update(n)
+
+
+class PartTask:
+    """One index part: the trained index filled with one feature shard, committed. The
+    same task runs in this process (`local`), in a process pool or on Spark, where the
+    trained index is loaded once per worker."""
+
+    def __init__(self, cfg: AddConfig, fp: str, here: tuple | None = None):
+        self.cfg, self.fp, self.here = cfg, fp, here
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "here": None}  # the in-process store and index stay here
+
+    def __call__(self, unit: str) -> int:
+        if self.here is not None:
+            store, trained = self.here
+            return _add_part(store, trained, unit, self.fp, store.scratch / STAGE)
+        return run_in_scratch(STAGE, lambda scratch: self._run(unit, scratch))
+
+    def _run(self, unit: str, scratch: str) -> int:
+        store = Store(self.cfg.store, scratch)
+        m = store.marker(TRAIN, "index")
+        trained = worker_cached(("trained", m.sha256), lambda: load_trained(store)[0])
+        return _add_part(store, trained, unit, self.fp, Path(scratch))
+
+
+def _add_part(store: Store, trained, unit: str, fp: str, work: Path) -> int:
+    work.mkdir(parents=True, exist_ok=True)
+    ids, x = fetch_features(store, store.marker(EXTRACT, unit), work)
+    part = faiss.clone_index(trained)
+    part.add_with_ids(x.astype(np.float32), ids)
+    faiss.write_index(part, str(work / f"{unit}.faiss"))
+    store.commit(work / f"{unit}.faiss", f"{PARTS}/{unit}.faiss", STAGE, unit, fp,
+                 {"n": int(len(ids))})
+    (work / f"{unit}.faiss").unlink()
+    return int(len(ids))
 
 
 def _rerank_store(cfg, store, feats, fp) -> None:

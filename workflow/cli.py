@@ -51,6 +51,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging detail")
 
 
+def add_spark(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spark-master", default=None, metavar="URL",
+                   help="with --executor spark: local[N], spark://HOST:7077, yarn or "
+                        "k8s://...; default: the active Spark session, else Spark's default "
+                        "(spark-submit --master). The store and the sources must be reachable "
+                        "from every executor")
+
+
 def preprocess_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="01_preprocess.py")
     p.description = (
@@ -65,9 +73,11 @@ def preprocess_parser(p: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "repeat or give several. May be left out when resuming")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes")
-    p.add_argument("--executor", choices=["local", "process"], default="process",
+    p.add_argument("--executor", choices=["local", "process", "spark"], default="process",
                    help="process: a supervised pool of --workers processes (a hung or "
-                        "crashing image costs only that image); local: all in this process")
+                        "crashing image costs only that image); local: all in this process; "
+                        "spark: one Spark task per shard (see --spark-master)")
+    add_spark(p)
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard (about)")
     p.add_argument("--image-size", type=int, default=256,
                    help="short side of the stored images in px (never upscaled)")
@@ -91,7 +101,8 @@ def run_preprocess(a: argparse.Namespace) -> int:
         store=a.store, sources=tuple(a.source), scratch=a.scratch, executor=a.executor,
         workers=a.workers, shard_size=a.shard_size, image_size=a.image_size,
         jpeg_quality=a.jpeg_quality, max_pixels=a.max_pixels, drop_duplicates=a.drop_duplicates,
-        image_timeout=a.image_timeout, read_threads=a.read_threads, max_minutes=a.max_minutes,
+        image_timeout=a.image_timeout, read_threads=a.read_threads,
+        spark_master=a.spark_master, max_minutes=a.max_minutes,
         takeover=a.takeover, progress=not a.no_progress)
     result = preprocess.run(cfg)
     print(result.summary())
@@ -133,12 +144,14 @@ def extract_parser(p: argparse.ArgumentParser | None = None,
     if not for_all:
         p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                        help="decoding processes")
-        p.add_argument("--executor", choices=["local", "thread", "process"],
+        p.add_argument("--executor", choices=["local", "thread", "process", "spark"],
                        default="thread",
                        help="where stored JPEGs are decoded: thread: --workers threads "
                             "(OpenCV releases the GIL; nothing is copied between processes; "
                             "fastest in bench/bench_extract.py); process: --workers "
-                            "processes; local: one thread, one batch at a time")
+                            "processes; local: one thread, one batch at a time; spark: one "
+                            "Spark task per shard, the model built once per Python worker")
+        add_spark(p)
         add_common(p)
     return p
 
@@ -149,9 +162,10 @@ def run_extract(a: argparse.Namespace) -> int:
         store=a.store, scratch=a.scratch, model=a.model or "efficientnet-b0",
         weights=a.weights or "imagenet", input_size=a.input_size, pooling=a.pooling,
         preprocessing=a.preprocessing, embedding_tensor=a.embedding_tensor,
-        batch_size=a.batch_size, executor=a.executor,
+        batch_size=a.batch_size, executor=getattr(a, "extract_executor", None) or a.executor,
         workers=getattr(a, "extract_workers", None) or a.workers,
         mixed_precision=a.mixed_precision, xla=a.xla, max_minutes=a.max_minutes,
+        spark_master=getattr(a, "spark_master", None),
         takeover=a.takeover,
         progress=not a.no_progress)
     result = extract.run(cfg)
@@ -213,6 +227,12 @@ def add_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentPar
                         "disk (memory-mapped)")
     p.add_argument("--on-disk", choices=["auto", "on", "off"], default="auto",
                    help="on-disk inverted lists: auto = when over the memory budget")
+    p.add_argument("--executor", choices=["local", "process", "spark"], default="local",
+                   help="where the index parts are built: local: one after another here "
+                        "(Faiss uses every core); process: --workers processes; spark: one "
+                        "Spark task per shard. The merge always runs here")
+    p.add_argument("--workers", type=int, default=2, help="processes, with --executor process")
+    add_spark(p)
     add_common(p)
     return p
 
@@ -220,7 +240,9 @@ def add_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentPar
 def run_add(a: argparse.Namespace) -> int:
     from . import add
     cfg = add.AddConfig(store=a.store, scratch=a.scratch, memory_budget=a.memory_budget,
-                        on_disk=a.on_disk, max_minutes=a.max_minutes, takeover=a.takeover,
+                        on_disk=a.on_disk, executor=getattr(a, "add_executor", a.executor),
+                        workers=a.workers, spark_master=a.spark_master,
+                        max_minutes=a.max_minutes, takeover=a.takeover,
                         progress=not a.no_progress)
     result = add.run(cfg)
     print(result.summary())
@@ -475,6 +497,7 @@ def run_all(a: argparse.Namespace) -> int:
         code = run_train(a)
     if code == EXIT_OK:
         a.on_disk = "auto"
+        a.add_executor = "spark" if a.executor == "spark" else "local"
         code = run_add(a)
     if code == EXIT_OK:
         code = run_prefilter(a)
@@ -509,6 +532,8 @@ def results_page(store, n_queries: int = 6, k: int = 8) -> str:
 def _extract_for_all(a: argparse.Namespace) -> int:
     from .models import OfflineWeightsError
     a.extract_workers = max(1, a.workers - 1)
+    # the preprocess default (a process pool) maps to the extract default (threads)
+    a.extract_executor = "thread" if a.executor == "process" else a.executor
     try:
         return run_extract(a)
     except OfflineWeightsError as e:

@@ -23,11 +23,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import DeadlineReached, WorkflowError, check_settings
-from .executors import EXECUTORS, make_executor
+from .executors import EXECUTORS, make_executor, map_shards
 from .imaging import ImageOptions, Status, model_input, preprocess_image
 from .lease import Lease
 from .models import Embedder, ModelSpec, load_embedder
 from .preprocess import STAGE as PREPROCESS, skip_ids
+from .spark import run_in_scratch, task_cpus, worker_cached
 from .store import Store
 from .utils import Timeit
 
@@ -57,13 +58,15 @@ class ExtractConfig:
     workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     mixed_precision: str = "auto"
     xla: bool = False
+    spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
     progress: bool = True
 
     def validate(self) -> "ExtractConfig":
         checks = [
-            (self.executor in EXECUTORS, f"--executor must be one of {sorted(EXECUTORS)}"),
+            (self.executor in (*EXECUTORS, "spark"),
+             f"--executor must be one of {sorted((*EXECUTORS, 'spark'))}"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.input_size is None or self.input_size >= 32, "--input-size must be >= 32"),
@@ -185,9 +188,21 @@ class _ShardRunner:
         total = sum(images[u].extra["stats"]["ok"] for u in pending)
         bar = tqdm(total=total, unit="img", desc="extract", disable=not self.cfg.progress,
                    mininterval=1.0, smoothing=0.1, dynamic_ncols=True)
+        if self.cfg.executor == "spark":
+            task = ShardTask(self.cfg, self.fp, sorted(self.skip),
+                             self.embedder.info["weights_sha256"])
+            with bar:
+                for unit, (n, timings) in map_shards(
+                        "spark", task, pending, spark_master=self.cfg.spark_master,
+                        stage=STAGE, deadline=deadline,
+                        reachable={"store": self.store.display("run.json")}):
+                    lease.check()
+                    bar.update(n)
+                    for k, v in timings.items():
+                        self.timings[k] += v
+            return
         shard_times: list[float] = []
-        with make_executor(self.cfg.executor, DecodeChunk(self.embedder.input_size),
-                           self.cfg.workers, 600.0, _decode_failed) as pool, bar:
+        with self.decoder() as pool, bar:
             for unit in pending:
                 if deadline is not None and time.monotonic() + (
                         np.mean(shard_times) if shard_times else 0.0) > deadline:
@@ -196,6 +211,11 @@ class _ShardRunner:
                 self._shard(unit, images[unit], pool, bar)
                 lease.check()
                 shard_times.append(time.monotonic() - t)
+
+    def decoder(self, executor: str | None = None):
+        return make_executor(executor or self.cfg.executor,
+                             DecodeChunk(self.embedder.input_size), self.cfg.workers, 600.0,
+                             _decode_failed)
 
     def _shard(self, unit: str, marker, pool, bar) -> None:
         t = {"read": 0.0, "decode wait": 0.0, "infer": 0.0, "write": 0.0}
@@ -215,7 +235,8 @@ class _ShardRunner:
             t1 = time.monotonic()
             feats[k * bs:k * bs + len(batch)] = l2_normalize(self.embedder(batch))
             t["infer"] += time.monotonic() - t1
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
         t1 = time.monotonic()
         out = self.work / f"{unit}.h5"
         write_feature_shard(str(out), ids, feats, self.fp, self.embedder.info)
@@ -267,6 +288,36 @@ class _ShardRunner:
         finally:
             stop.set()
             thread.join(timeout=30)
+
+
+class ShardTask:
+    """One shard as a task of the spark executor: `_ShardRunner._shard` with its own
+    store handle and scratch, the model built once per Python worker, and decoding in
+    threads."""
+
+    def __init__(self, cfg: ExtractConfig, fp: str, skip: list[int], weights_sha256: str):
+        self.cfg, self.fp, self.skip, self.weights = cfg, fp, skip, weights_sha256
+
+    def __call__(self, unit: str) -> tuple[int, dict]:
+        return run_in_scratch(STAGE, lambda scratch: self._run(unit, scratch))
+
+    def _run(self, unit: str, scratch: str) -> tuple[int, dict]:
+        cfg = self.cfg
+        key = ("embedder", json.dumps(dataclasses.asdict(cfg.spec())), cfg.mixed_precision,
+               cfg.xla)
+        embedder = worker_cached(key, lambda: make_embedder(cfg.spec(), cfg.mixed_precision,
+                                                            cfg.xla))
+        if embedder.info["weights_sha256"] != self.weights:
+            raise WorkflowError(f"the model loaded on this Spark executor has other weights "
+                                f"than the driver's ({cfg.model}, {cfg.weights}): give a "
+                                "weights file every executor can read")
+        store = Store(cfg.store, scratch)
+        runner = _ShardRunner(dataclasses.replace(cfg, workers=task_cpus()), store, embedder,
+                              self.fp, set(self.skip))
+        with runner.decoder("thread") as pool:
+            runner._shard(unit, store.marker(PREPROCESS, unit), pool, None)
+        n = store.marker(STAGE, unit).extra["n"]
+        return n, runner.timings
 
 
 def write_feature_shard(path: str, ids: np.ndarray, feats: np.ndarray, fp: str,

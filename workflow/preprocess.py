@@ -20,13 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DeadlineReached, check_settings
-from .executors import EXECUTORS, make_executor
+from .executors import EXECUTORS, make_executor, map_shards
 from .imaging import ImageOptions, ImageResult, Status, content_hash, preprocess_image
 from .lease import Lease
 from .plan import Plan, make_plan, shard_name
 from .shards import ImageShardWriter
 from .sources import Reader, list_entries, resolve_sources
-from .store import Store
+from .spark import run_in_scratch, task_cpus, worker_cached
+from .store import RUN_FILE, Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,15 @@ class PreprocessConfig:
     drop_duplicates: bool = False
     image_timeout: float = 60.0
     read_threads: int = 8
+    spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
     progress: bool = True
 
     def validate(self) -> "PreprocessConfig":
         checks = [
-            (self.executor in EXECUTORS, f"--executor must be one of {sorted(EXECUTORS)}"),
+            (self.executor in (*EXECUTORS, "spark"),
+             f"--executor must be one of {sorted((*EXECUTORS, 'spark'))}"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (16 <= self.image_size <= 4096, "--image-size must be between 16 and 4096 px"),
@@ -210,15 +213,28 @@ def _load_or_make_plan(store: Store, source_urls: list[str], shard_size: int,
     return plan
 
 
+def _worker_env(cfg: PreprocessConfig) -> dict:
+    return {"OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg.max_pixels), "OPENCV_LOG_LEVEL": "ERROR"}
+
+
 def _run_shards(cfg, store, plan, pending, n_pending, fp, fn, lease, deadline) -> None:
     if not pending:
         return
     bar = tqdm(total=n_pending, unit="img", desc="preprocess", disable=not cfg.progress,
                mininterval=1.0, smoothing=0.1, dynamic_ncols=True)
-    env = {"OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg.max_pixels), "OPENCV_LOG_LEVEL": "ERROR"}
+    if cfg.executor == "spark":
+        reachable = {"store": store.display(RUN_FILE),
+                     **{f"source {s.name}": s.url for s in plan.sources}}
+        with bar:
+            for i, stats in map_shards("spark", ShardTask(cfg, fp, fn), pending,
+                                       spark_master=cfg.spark_master, stage=STAGE,
+                                       deadline=deadline, reachable=reachable):
+                lease.check()
+                bar.update(stats["n"])
+        return
     shard_times: list[float] = []
     with make_executor(cfg.executor, fn, cfg.workers, cfg.image_timeout, _on_failure,
-                       init=_worker_init, env=env, split=True) as ex, bar, \
+                       init=_worker_init, env=_worker_env(cfg), split=True) as ex, bar, \
             Reader(plan.sources, threads=cfg.read_threads) as reader:
         for i in pending:
             if deadline is not None:
@@ -251,7 +267,8 @@ def _process_shard(cfg, store, plan, i, fp, ex, reader, bar) -> dict:
                 chunk = buffered.pop(done)
                 for r in chunk:
                     writer.add(r)
-                bar.update(len(chunk))
+                if bar is not None:
+                    bar.update(len(chunk))
                 done += 1
         stats = writer.close()
     except BaseException:
@@ -260,6 +277,30 @@ def _process_shard(cfg, store, plan, i, fp, ex, reader, bar) -> dict:
     store.commit(local, f"{FOLDER}/{name}.h5", STAGE, name, fp, {"stats": stats})
     local.unlink()
     return stats
+
+
+class ShardTask:
+    """One shard as a task of the spark executor: `_process_shard` with its own store
+    handle and scratch, source reader, and a supervised pool of as many processes as
+    the task has CPUs (so a hanging or crashing image still costs only that image)."""
+
+    def __init__(self, cfg: PreprocessConfig, fp: str, image_fn: Callable):
+        self.cfg, self.fp, self.image_fn = cfg, fp, image_fn
+
+    def __call__(self, i: int) -> dict:
+        return run_in_scratch(STAGE, lambda scratch: self._run(i, scratch))
+
+    def _run(self, i: int, scratch: str) -> dict:
+        cfg = self.cfg
+        store = Store(cfg.store, scratch)
+        m = store.marker(STAGE, "plan")
+        plan = worker_cached(("plan", m.sha256),
+                             lambda: Plan.load(str(store.fetch(m, f"{scratch}/plan.h5"))))
+        with make_executor("process", self.image_fn, task_cpus(), cfg.image_timeout,
+                           _on_failure, init=_worker_init, env=_worker_env(cfg),
+                           split=True) as ex, \
+                Reader(plan.sources, threads=cfg.read_threads) as reader:
+            return _process_shard(cfg, store, plan, i, self.fp, ex, reader, None)
 
 
 def _write_report(store: Store, plan: Plan, fp: str, drop: bool) -> None:

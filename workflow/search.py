@@ -102,12 +102,17 @@ def exact_search(xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]]
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def rerank_store_blocks(xb: np.ndarray, block: int = EXACT_BLOCK):
-    """(ids, float32 rows) blocks of the re-rank store, leaving out rows without a feature."""
+def rerank_store_blocks(xb: np.ndarray, valid: np.ndarray, block: int = EXACT_BLOCK):
+    """(ids, float32 rows) blocks of the re-rank store, leaving out rows without a
+    feature (valid[id] False)."""
     for lo in range(0, len(xb), block):
         x = np.asarray(xb[lo:lo + block], dtype=np.float32)
-        keep = np.flatnonzero(np.any(x != 0, axis=1))
-        yield keep + lo, x[keep]
+        ok = valid[lo:lo + block]
+        if ok.all():
+            yield np.arange(lo, lo + len(x)), x
+        else:
+            keep = np.flatnonzero(ok)
+            yield keep + lo, x[keep]
 
 
 def rerank(xq: np.ndarray, cand: np.ndarray, xb: np.ndarray, k: int):
@@ -237,6 +242,13 @@ class Searcher:
         return load_rerank(self.store)
 
     @cached_property
+    def valid(self) -> np.ndarray:
+        """valid[id]: the id has a feature (a non-zero row of the re-rank store)."""
+        xb = self.xb.view(np.uint16)
+        return np.concatenate([np.any(xb[lo:lo + EXACT_BLOCK] != 0, axis=1)
+                               for lo in range(0, len(xb), EXACT_BLOCK)] or [np.zeros(0, bool)])
+
+    @cached_property
     def annoy(self):
         from .prefilter import load_prefilter
         return load_prefilter(self.store)
@@ -290,7 +302,7 @@ class Searcher:
         assert xq.ndim == 2 and xq.shape[1] == self.d, f"queries must be [nq, {self.d}]"
         kk = k + (exclude is not None)
         if mode == "exact":
-            D, I = exact_search(xq, rerank_store_blocks(self.xb), kk)
+            D, I = exact_search(xq, rerank_store_blocks(self.xb, self.valid), kk)
         elif mode == "ivfpq":
             D, I = self._ivfpq(xq, kk, p.nprobe)
         else:
