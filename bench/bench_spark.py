@@ -74,7 +74,8 @@ def main() -> None:
     from pyspark.sql import SparkSession
     t = time.perf_counter()
     spark = (SparkSession.builder.master(a.master).appName("bench-spark")
-             .config("spark.ui.enabled", "false").getOrCreate())
+             .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false").getOrCreate())
     start = time.perf_counter() - t
     base = dict(store=store.url, model="efficientnet-b0", weights="none",
                 batch_size=a.batch_size, progress=False)

@@ -64,6 +64,7 @@ def test_plan_index_at_the_design_point_and_overrides():
     assert big.hnsw_quantizer and big.factory == "IVF16384_HNSW32,PQ64"
     tiny = plan_index(406, 1280, 8 * GiB)
     assert tiny.factory == "IVF8,PQ64x3"
+    assert plan_index(24, 1280, 8 * GiB).pca_dim == 24  # no more than training vectors
     mine = plan_index(2_000_000, 1280, 8 * GiB, nlist=1024, pq_m=32, opq=True,
                       train_size=10_000, pca_dim=32)
     assert mine.factory == "OPQ32,IVF1024,PQ32" and mine.train_size == 10_000

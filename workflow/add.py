@@ -179,6 +179,7 @@ def _rerank_store(cfg, store, feats, fp) -> None:
     n_ids = store.marker(PREPROCESS, "plan").extra["n"]
     d = next(iter(feats.values())).extra["dim"]
     work = store.scratch / STAGE
+    work.mkdir(parents=True, exist_ok=True)
     path = work / "rerank.npy"
     row = d * 2
     with Timeit(f"writing the re-rank store ({n_ids:,} x {d} float16)", logging.INFO), \

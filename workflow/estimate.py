@@ -78,10 +78,11 @@ def choose_opq(n: int, train_size: int, d: int, max_seconds: float = 60.0) -> bo
     return n >= 20_000 and OPQ_SECONDS_PER_VECTOR * train_size <= max_seconds
 
 
-def choose_pca_dim(d: int) -> int:
+def choose_pca_dim(d: int, train_size: int | None = None) -> int:
     """Prefilter dimension: Annoy builds slow down sharply with dimension; 64 is plenty
-    for a candidate generator that is re-ranked exactly."""
-    return min(d, 64)
+    for a candidate generator that is re-ranked exactly. PCA cannot output more
+    dimensions than it has training vectors."""
+    return min(d, 64, train_size or d)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def plan_index(n: int, d: int, memory_budget: int, nlist: int | None = None,
     factory = (f"OPQ{pq_m}," if opq else "") + f"{coarse},PQ{pq_m}" + \
         (f"x{bits}" if bits != 8 else "")
     return IndexPlan(n, d, nlist, pq_m, bits, opq, hnsw, train_size,
-                     pca_dim or choose_pca_dim(d),
+                     pca_dim or choose_pca_dim(d, train_size),
                      factory, estimate_index_bytes(n, d, nlist, pq_m, opq),
                      estimate_train_seconds(train_size, d, nlist, opq))
 
