@@ -50,9 +50,10 @@ ASSETS = REPO.parent / "shared" / "assets"
 TFLITE = ASSETS / "models" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 
 
-def image_store(out: Path, n: int) -> Store:
-    """An image store of n real photos (flowers12, else the demo corpus), made once."""
-    store = Store(out / f"extract-store-{n}")
+def image_store(out: Path, n: int, shards: int = 2) -> Store:
+    """An image store of n real photos (flowers12, else the demo corpus) in `shards`
+    image shards, made once."""
+    store = Store(out / (f"extract-store-{n}" + (f"-{shards}" if shards != 2 else "")))
     if "report" in store.markers("preprocess"):
         return store
     flowers = ASSETS / "images" / "flowers12"
@@ -65,8 +66,8 @@ def image_store(out: Path, n: int) -> Store:
                        if "broken" not in p.parts)[:n]
     listing = out / f"extract-list-{n}.txt"
     listing.write_text("".join(f"{p}\n" for p in files))
-    preprocess(PreprocessConfig(store=store.url, sources=(str(listing),), shard_size=n // 2,
-                                progress=False))
+    preprocess(PreprocessConfig(store=store.url, sources=(str(listing),),
+                                shard_size=-(-len(files) // shards), progress=False))
     return store
 
 

@@ -22,32 +22,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ASSETS = REPO.parent / "shared" / "assets"
 
+from bench_extract import image_store  # noqa: E402
 from workflow.extract import ExtractConfig, run  # noqa: E402
-from workflow.preprocess import PreprocessConfig, run as preprocess  # noqa: E402
 from workflow.stages import reset_stage  # noqa: E402
 from workflow.store import Store  # noqa: E402
-
-
-def image_store(out: Path, n: int, shards: int) -> Store:
-    """n real photos (flowers12, else the demo corpus) in `shards` image shards, made once."""
-    store = Store(out / f"spark-store-{n}-{shards}")
-    if "report" in store.markers("preprocess"):
-        return store
-    flowers = ASSETS / "images" / "flowers12"
-    if flowers.is_dir():
-        files = sorted(flowers.rglob("*.jpg"))[:n]
-    else:
-        from workflow.demo import make_demo_corpus
-        make_demo_corpus(out / "spark-demo", n=max(n, 100))
-        files = sorted(p for p in (out / "spark-demo" / "photos").rglob("*.jpg")
-                       if "broken" not in p.parts)[:n]
-    listing = out / f"spark-list-{n}.txt"
-    listing.write_text("".join(f"{p}\n" for p in files))
-    preprocess(PreprocessConfig(store=store.url, sources=(str(listing),),
-                                shard_size=-(-len(files) // shards), progress=False))
-    return store
 
 
 def timed_run(store: Store, cfg: ExtractConfig) -> tuple[float, int]:
