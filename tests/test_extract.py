@@ -255,3 +255,21 @@ def test_weights_from_a_local_file(tmp_path):
     assert e.info["weights"] == str(path)
     with pytest.raises(Exception, match="no such file"):
         KerasEmbedder(ModelSpec(weights=str(tmp_path / "missing.h5"), input_size=64))
+
+
+def test_a_damaged_image_shard_is_detected_removed_and_recomputed(tmp_path):
+    from workflow.errors import CorruptFile
+    store = _preprocessed(tmp_path)
+    shard = store / "images" / "shard-00001.h5"
+    good = shard.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=r"shard-00001.h5 no longer matches the checksum.*"
+                                          r"run the preprocess stage again"):
+        run(ExtractConfig(store=str(store), **SMALL))
+    assert not shard.exists() and Store(store).marker("preprocess", "shard-00001") is None
+    again = preprocess(PreprocessConfig(store=str(store), workers=1, shard_size=6,
+                                        progress=False))
+    assert again.complete and shard.read_bytes() == good
+    assert run(ExtractConfig(store=str(store), **SMALL)).complete

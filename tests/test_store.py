@@ -5,7 +5,7 @@ import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
 import pytest
 
-from workflow.errors import FingerprintMismatch, StoreError
+from workflow.errors import CorruptFile, FingerprintMismatch, StoreError
 from workflow.store import DONE_DIR, Store
 from workflow.utils import retry_io
 
@@ -78,9 +78,27 @@ def test_fetch_verifies_against_marker(store, tmp_path):
     (tmp_path / "in" / "a.bin").unlink()
     store.retries = 2
     store.retry_delay = 0.01
-    with pytest.raises(StoreError, match="a.bin"):
+    with pytest.raises(CorruptFile, match="a.bin no longer matches the checksum .* run the "
+                                          "st stage again"):
         store.fetch(m, tmp_path / "in" / "a.bin")
     assert not (tmp_path / "in" / "a.bin").exists()
+    assert store.marker("st", "a") is None and not store.exists("images/a.bin")
+
+
+def test_a_bad_transfer_is_retried_not_taken_for_damage(store, tmp_path, monkeypatch):
+    m = store.commit(_local_file(tmp_path), "images/a.bin", "st", "a", "fp")
+    real, calls = store.fs.get_file, []
+
+    def garbled_once(src, dst, **kw):
+        real(src, dst, **kw)
+        calls.append(dst)
+        if len(calls) == 1:
+            with open(dst, "r+b") as f:
+                f.write(b"X")
+    monkeypatch.setattr(store.fs, "get_file", garbled_once)
+    store.retry_delay = 0.01
+    assert store.fetch(m, tmp_path / "in" / "a.bin").read_bytes() == b"hello shard"
+    assert len(calls) == 2 and store.marker("st", "a") == m
 
 
 def test_freeze_stage_names_the_differing_settings(store):

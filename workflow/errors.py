@@ -17,6 +17,10 @@ class StoreError(WorkflowError):
     """The store cannot be read or written, even after retries."""
 
 
+class CorruptFile(StoreError):
+    """A committed file no longer matches its checksum; it was removed to be recomputed."""
+
+
 class FingerprintMismatch(WorkflowError):
     """A stage is resumed with settings that differ from the frozen ones."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import fsspec
 
-from .errors import FingerprintMismatch, StoreError
+from .errors import CorruptFile, FingerprintMismatch, StoreError
 from .fingerprint import diff_settings, fingerprint
 from .utils import retry_io, sha256_file
 
@@ -267,6 +267,8 @@ class Store:
         def get():
             self.fs.get_file(self.path(marker.path), str(tmp))
             if sha256_file(str(tmp)) != (marker.size, marker.sha256):
+                if self._damaged(marker):
+                    raise self._discard(marker)
                 raise OSError("copy does not match its marker's size and sha256")
         try:
             self._retry(get, f"fetch {self.display(marker.path)}")
@@ -274,6 +276,22 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         return local
+
+    def _damaged(self, marker: Marker) -> bool:
+        """The store's own copy differs from what was committed (not just the transfer)."""
+        return (self.size(marker.path) != marker.size or
+                self._sha256(marker.path) != marker.sha256)
+
+    def _discard(self, marker: Marker) -> CorruptFile:
+        """Forget a damaged unit, so that its stage recomputes it; the error to raise."""
+        self.remove_marker(marker.stage, marker.unit, remove_file=True)
+        logger.error("%s is damaged: it no longer matches the checksum recorded when it was "
+                     "committed; removed it and its marker", self.display(marker.path))
+        return CorruptFile(
+            f"{self.display(marker.path)} no longer matches the checksum recorded when it "
+            f"was committed (damaged in the store), so it was not used. It has been removed: "
+            f"run the {marker.stage} stage again (`python -m workflow {marker.stage} --store "
+            f"{self.url}`; only that {marker.unit} is recomputed), then this stage.")
 
     def cleanup(self, stage: str, folder: str) -> list[str]:
         """Remove leftovers of interrupted commits in `folder` and stale markers of `stage`.
