@@ -114,7 +114,13 @@ class Store:
                              "still mounted - and re-run: finished work is kept)") from e
 
     def exists(self, rel: str) -> bool:
-        return self._retry(lambda: self.fs.exists(self.path(rel)), f"check {self.display(rel)}")
+        def probe():  # not fs.exists(): it answers False on any error, even a dropped mount
+            try:
+                self.fs.info(self.path(rel))
+                return True
+            except FileNotFoundError:
+                return False
+        return self._retry(probe, f"check {self.display(rel)}")
 
     def size(self, rel: str) -> int | None:
         try:
@@ -164,10 +170,27 @@ class Store:
         tmp = f"{rel}{TMP_TAG}{uuid.uuid4().hex[:8]}"
 
         def write():
-            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe_file(self.path(tmp), data)
-            self._rename(tmp, rel)
+            try:
+                self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+                self.fs.pipe_file(self.path(tmp), data)
+                self._rename(tmp, rel)
+            except BaseException:
+                self._remove_quietly(tmp)
+                raise
         self._retry(write, f"write {self.display(rel)}")
+
+    def _remove_quietly(self, rel: str) -> None:
+        """Remove a temporary file, retrying; never raises (the connection may be gone
+        for good: cleanup() at the stage's next start removes what is left)."""
+        def rm():  # not fs.exists(): it answers False on any error
+            try:
+                self.fs.rm(self.path(rel))
+            except FileNotFoundError:
+                pass
+        try:
+            self._retry(rm, f"remove {self.display(rel)}")
+        except Exception:  # noqa: BLE001
+            pass
 
     def _rename(self, src: str, dst: str) -> None:
         if self.is_local:
@@ -240,10 +263,7 @@ class Store:
                 raise OSError("uploaded copy's sha256 differs from the local file")
             self._rename(tmp, rel)
         except BaseException:
-            try:
-                self.fs.rm(self.path(tmp))
-            except Exception:  # noqa: BLE001 - best effort; cleanup() removes it later
-                pass
+            self._remove_quietly(tmp)
             raise
 
     def _sha256(self, rel: str) -> str:
