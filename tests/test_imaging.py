@@ -97,3 +97,18 @@ def test_truncation_and_size_guards():
     assert jpeg_is_complete(data) and not jpeg_is_complete(data[: len(data) * 2 // 3])
     r = preprocess_image(data, ImageOptions(max_pixels=300 * 200 - 1))
     assert r.status == Status.TOO_LARGE and (r.width, r.height) == (300, 200)
+
+
+def test_hostile_inputs_get_their_status_and_usable_outputs(tmp_path):
+    from workflow.demo import make_hostile_inputs
+    from workflow.imaging import model_input
+    expected = make_hostile_inputs(tmp_path)
+    assert len(expected) >= 30 and len(set(expected.values())) == 6
+    for name, kind in expected.items():
+        r = preprocess_image((tmp_path / name).read_bytes(), ImageOptions())
+        assert Status(r.status).label == kind, (name, r.reason)
+        assert (kind == "ok") == bool(r.jpeg) == (r.reason == ""), name
+        if kind == "ok":
+            assert model_input(r.jpeg, 224).shape == (224, 224, 3), name
+    strip = preprocess_image((tmp_path / "strip-30000x10.png").read_bytes(), ImageOptions())
+    assert _decode(strip.jpeg).shape[:2] == (10, 30000)  # never upscaled

@@ -55,3 +55,37 @@ def test_takeover_flag_takes_a_fresh_lease(store):
         Lease(store, "preprocess").acquire()
     Lease(store, "preprocess", takeover=True).acquire().release()
     first.release()
+
+
+def test_a_second_run_waits_for_the_lease_when_asked(store):
+    import threading
+    first = Lease(store, "train").acquire()
+    threading.Timer(0.6, first.release).start()
+    t = time.monotonic()
+    with Lease(store, "train", wait=10, poll=0.1):
+        assert time.monotonic() - t >= 0.5
+    with Lease(store, "train"):
+        with pytest.raises(LeaseError, match="--wait-minutes"):
+            Lease(store, "train", wait=0.3, poll=0.1).acquire()
+
+
+def test_a_stage_started_while_another_run_holds_it(tmp_path):
+    """A real second run of a stage: refused at once naming the holder, or, with
+    --wait-minutes, waiting until the holder finishes and then doing the work."""
+    import os
+    import threading
+    from conftest import ROOT, feature_store
+    store_path = feature_store(tmp_path, n=300, d=32, shard_size=100)
+    holder = Lease(Store(store_path), "train", heartbeat=0.5).acquire()
+    cmd = [sys.executable, "-m", "workflow", "train", "--store", str(store_path),
+           "--no-progress"]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"is being run by another process (host" in refused.stderr
+    assert f"pid {os.getpid()}" in refused.stderr
+    assert not (store_path / "trained").exists()  # nothing done, nothing lost
+    threading.Timer(2.0, holder.release).start()
+    waited = subprocess.run(cmd + ["--wait-minutes", "2"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    assert "waiting" in waited.stderr and "train complete" in waited.stdout

@@ -177,3 +177,94 @@ def test_workers_dying_on_everything_stop_the_stage_and_save_nothing(tmp_path):
         run(cfg, image_fn=BrokenEnvironmentWorker(cfg.image_options()))
     assert not (tmp_path / "store" / "images" / "shard-00000.h5").exists()
     assert run(cfg).ok == 30  # fixed environment: the same command resumes
+
+
+def test_hostile_files_and_names_never_stop_the_stage(tmp_path):
+    """The hostile zoo plus file system oddities: a name with a newline, a name that is
+    not UTF-8, a folder named like an image, a symlink loop, a dangling symlink, a file
+    without read permission."""
+    import json
+    from workflow.demo import make_hostile_inputs
+    src = tmp_path / "src"
+    kinds = make_hostile_inputs(src / "zoo")
+    (src / "odd").mkdir()
+    (src / "odd" / "new\nline.jpg").write_bytes(jpeg_bytes(64, 48, seed=1))
+    with open(os.path.join(os.fsencode(src / "odd"), b"latin-\xe9t\xe9.jpg"), "wb") as f:
+        f.write(jpeg_bytes(64, 48, seed=2))
+    (src / "odd" / "folder.jpg").mkdir()
+    (src / "odd" / "folder.jpg" / "inside.jpg").write_bytes(jpeg_bytes(64, 48, seed=3))
+    os.symlink("..", src / "odd" / "loop")
+    os.symlink("missing.jpg", src / "odd" / "dangling.jpg")
+    (src / "odd" / "locked.jpg").write_bytes(jpeg_bytes(64, 48, seed=4))
+    os.chmod(src / "odd" / "locked.jpg", 0)
+    store = tmp_path / "store"
+    res = run(PreprocessConfig(store=str(store), sources=(str(src),), workers=2,
+                               image_timeout=20, progress=False))
+    assert res.complete
+    report = json.loads((store / "images" / "report.json").read_text())
+    got = {f["key"]: f["status"] for f in report["failures"]}
+    assert all(f["reason"] for f in report["failures"])
+    for name, kind in kinds.items():
+        assert got.get(f"zoo/{name}", "ok") == kind, name
+    assert got["odd/dangling.jpg"] == "unreadable"
+    locked = "unreadable" if os.geteuid() != 0 else "ok"  # root reads it anyway
+    assert got.get("odd/locked.jpg", "ok") == locked
+    keys = read_image_shard(str(store / "images" / "shard-00000.h5"), with_jpeg=False)["keys"]
+    for key in ("odd/new\nline.jpg", "odd/latin-\ufffdt\ufffd.jpg", "odd/folder.jpg/inside.jpg"):
+        assert key in keys and key not in got, key
+
+
+@pytest.mark.slow
+def test_fuzzed_images_never_crash_or_hang_the_stage(tmp_path):
+    """300 seeded mutations of real JPEG and PNG files (flipped bits, cut or inserted
+    bytes, damaged headers): every one ends with a status, and a reason when it failed."""
+    import cv2
+    import json
+    rng = np.random.default_rng(42)
+    seeds = [jpeg_bytes(96, 72, seed=s) for s in range(5)]
+    seeds.append(cv2.imencode(".png", cv2.imdecode(np.frombuffer(seeds[0], np.uint8), 1))[1]
+                 .tobytes())
+    src = tmp_path / "fuzz"
+    src.mkdir()
+    for i in range(300):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(int(rng.integers(1, 6))):
+            pos = int(rng.integers(0, len(data)))
+            op = rng.integers(0, 4)
+            if op == 0:
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+            elif op == 1:
+                del data[pos:pos + int(rng.integers(1, 64))]
+            elif op == 2:
+                data[pos:pos] = rng.bytes(int(rng.integers(1, 64)))
+            else:
+                data[min(pos, 40):min(pos, 40) + 4] = b"\xff\xff\xff\xff"  # header fields
+        (src / f"f{i:03d}{'.png' if i % len(seeds) == 5 else '.jpg'}").write_bytes(bytes(data))
+    store = tmp_path / "store"
+    res = run(PreprocessConfig(store=str(store), sources=(str(src),), workers=2,
+                               shard_size=100, image_timeout=10, progress=False))
+    assert res.complete and res.n_images == 300
+    report = json.loads((store / "images" / "report.json").read_text())
+    assert res.ok + sum(res.failed.values()) == 300 and all(f["reason"] for f in
+                                                            report["failures"])
+    print(f"\nfuzz: {res.ok} ok, failed {res.failed}")
+    assert res.ok > 0 and sum(res.failed.values()) > 0, res.failed
+
+
+def test_a_source_gone_since_the_plan_stops_the_stage_and_loses_nothing(tmp_path):
+    """An unmounted drive on resume: a clear error, not every image marked unreadable."""
+    from workflow.errors import SourceError
+    src = tmp_path / "src"
+    write_corpus(src, 12, size=(32, 24))
+    store = tmp_path / "store"
+    cfg = PreprocessConfig(store=str(store), sources=(str(src),), shard_size=4, workers=1,
+                           progress=False)
+    run(PreprocessConfig(**{**cfg.__dict__, "max_minutes": 1e-6}))  # plan only
+    src.rename(tmp_path / "elsewhere")
+    resume = PreprocessConfig(store=str(store), shard_size=4, workers=1, progress=False)
+    with pytest.raises(SourceError, match=f"the source {src} is gone .* drive mounted"):
+        run(resume)
+    assert Store(store).markers("preprocess").keys() == {"plan"}
+    (tmp_path / "elsewhere").rename(src)
+    res = run(resume)
+    assert res.complete and res.ok == 12

@@ -52,3 +52,16 @@ def test_the_main_job_runs_every_available_stage_on_the_demo_corpus(tmp_path):
     assert hit["query"] == str(tmp_path / "demo" / rel)
     assert hit["results"][0]["key"] == rel.split("/", 1)[1] or \
         hit["results"][0]["score"] > 0.999, hit
+
+
+def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch, caplog):
+    import errno
+    from workflow import cli, preprocess
+
+    def full(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s" / "x.h5"))
+    monkeypatch.setattr(preprocess, "run", full)
+    code = cli.run_command("preprocess", ["--source", str(tmp_path), "--store",
+                                          str(tmp_path / "store"), "--no-progress"])
+    assert code == 2 and "no space left on the disk" in caplog.text
+    assert "--scratch" in caplog.text

@@ -158,3 +158,13 @@ def test_retry_io_does_not_retry_permanent_errors():
     with pytest.raises(FileNotFoundError):
         retry_io(missing, "read", sleep=lambda s: None)
     assert len(calls) == 1
+
+
+def test_a_store_that_is_not_writable_says_so(tmp_path, monkeypatch):
+    s = Store(tmp_path / "store", scratch=tmp_path / "s")
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "store" / "x"))
+    monkeypatch.setattr(s.fs, "pipe_file", denied)
+    with pytest.raises(StoreError, match="permission denied .*store is writable"):
+        s.write_json("run.json", {})

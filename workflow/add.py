@@ -54,6 +54,7 @@ class AddConfig:
     spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "AddConfig":
@@ -90,7 +91,8 @@ def run(cfg: AddConfig) -> AddResult:
     cfg.validate()
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         feats = feature_markers(store)
         if store.marker(TRAIN, "index") is None:
             raise WorkflowError(f"{store.url} has no trained index; run scripts/03_train.py")

@@ -7,6 +7,7 @@ how); 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -46,6 +47,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         "re-running resumes")
     g.add_argument("--takeover", action="store_true",
                    help="take the stage's lease even if another run seems to hold it")
+    g.add_argument("--wait-minutes", type=float, default=0.0,
+                   help="if another run holds the stage, wait up to this long for it to "
+                        "finish instead of stopping at once")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging detail")
@@ -103,7 +107,7 @@ def run_preprocess(a: argparse.Namespace) -> int:
         jpeg_quality=a.jpeg_quality, max_pixels=a.max_pixels, drop_duplicates=a.drop_duplicates,
         image_timeout=a.image_timeout, read_threads=a.read_threads,
         spark_master=a.spark_master, max_minutes=a.max_minutes,
-        takeover=a.takeover, progress=not a.no_progress)
+        takeover=a.takeover, wait_minutes=a.wait_minutes, progress=not a.no_progress)
     result = preprocess.run(cfg)
     print(result.summary())
     return EXIT_OK if result.complete else EXIT_RESUMABLE
@@ -166,7 +170,7 @@ def run_extract(a: argparse.Namespace) -> int:
         workers=getattr(a, "extract_workers", None) or a.workers,
         mixed_precision=a.mixed_precision, xla=a.xla, max_minutes=a.max_minutes,
         spark_master=getattr(a, "spark_master", None),
-        takeover=a.takeover,
+        takeover=a.takeover, wait_minutes=a.wait_minutes,
         progress=not a.no_progress)
     result = extract.run(cfg)
     print(result.summary())
@@ -208,7 +212,7 @@ def run_train(a: argparse.Namespace) -> int:
         store=a.store, scratch=a.scratch, index_factory=a.index_factory,
         memory_budget=a.memory_budget, nlist=a.nlist, pq_m=a.pq_m, opq=a.opq,
         train_size=a.train_size, pca_dim=a.pca_dim, seed=a.seed, max_minutes=a.max_minutes,
-        takeover=a.takeover, progress=not a.no_progress)
+        takeover=a.takeover, wait_minutes=a.wait_minutes, progress=not a.no_progress)
     result = train.run(cfg)
     print(result.summary())
     return EXIT_OK if result.complete else EXIT_RESUMABLE
@@ -243,7 +247,7 @@ def run_add(a: argparse.Namespace) -> int:
                         on_disk=a.on_disk, executor=getattr(a, "add_executor", a.executor),
                         workers=a.workers, spark_master=a.spark_master,
                         max_minutes=a.max_minutes, takeover=a.takeover,
-                        progress=not a.no_progress)
+                        wait_minutes=a.wait_minutes, progress=not a.no_progress)
     result = add.run(cfg)
     print(result.summary())
     return EXIT_OK if result.complete else EXIT_RESUMABLE
@@ -270,7 +274,8 @@ def run_prefilter(a: argparse.Namespace) -> int:
     from . import prefilter
     cfg = prefilter.PrefilterConfig(store=a.store, scratch=a.scratch, trees=a.trees,
                                     seed=a.annoy_seed, max_minutes=a.max_minutes,
-                                    takeover=a.takeover, progress=not a.no_progress)
+                                    takeover=a.takeover, wait_minutes=a.wait_minutes,
+                                    progress=not a.no_progress)
     print(prefilter.run(cfg).summary())
     return EXIT_OK
 
@@ -402,7 +407,8 @@ def run_evaluate(a: argparse.Namespace) -> int:
         latency_queries=getattr(a, "latency_queries", 200),
         labels=getattr(a, "labels", "auto"), remeasure=getattr(a, "remeasure", False),
         checkpoint_seconds=getattr(a, "checkpoint_seconds", 30.0),
-        max_minutes=a.max_minutes, takeover=a.takeover, progress=not a.no_progress)
+        max_minutes=a.max_minutes, takeover=a.takeover, wait_minutes=a.wait_minutes,
+        progress=not a.no_progress)
     result = evaluate.run(cfg)
     print(result.summary())
     return EXIT_OK if result.complete else EXIT_RESUMABLE
@@ -593,6 +599,13 @@ def run_command(name: str, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted; re-run the same command to resume")
         return EXIT_INTERRUPTED
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        logger.error("no space left on the disk (%s). Free some space, or give --scratch a "
+                     "folder on a larger disk; committed work is kept, so re-run the same "
+                     "command to resume", e.filename or e)
+        return EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

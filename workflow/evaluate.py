@@ -68,6 +68,7 @@ class EvaluateConfig:
     checkpoint_seconds: float = 30.0
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "EvaluateConfig":
@@ -162,7 +163,8 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         searcher = Searcher(store, cache_size=1024)
         modes = _available_modes(store, cfg.modes)
         fp = store.freeze_stage(STAGE, _settings(cfg), _parent(store))
@@ -497,7 +499,8 @@ def _cache_check(searcher: Searcher, xq: np.ndarray, mode: str) -> dict:
 def tuned_table(report: dict) -> str:
     """The Markdown table of each mode at its tuned setting."""
     rows = ["| mode | parameters | recall@1 | recall@10 | tie-aware recall@10 | recall@100 "
-            "| p50 ms | p95 ms | p99 ms | queries/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| p50 ms | p95 ms | p99 ms | queries/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, t in report["tuned"].items():
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items()) or "-"
         flag = "" if t["target_met"] else " (target not reached)"
@@ -529,7 +532,8 @@ def report_markdown(report: dict) -> str:
     lines += ["## Sweeps", ""]
     for mode, points in report["sweeps"].items():
         lines += [f"### {mode}", "", "| parameters | recall@1 | recall@10 | tie-aware@10 | "
-                  "recall@100 | p50 ms | p99 ms | queries/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "recall@100 | p50 ms | p99 ms | queries/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for pt in points:
             params = ", ".join(f"{k}={v}" for k, v in pt["params"].items()) or "-"
             lines.append(f"| {params} | {pt['recall@1']:.3f} | {pt['recall@10']:.3f} | "

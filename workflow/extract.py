@@ -61,6 +61,7 @@ class ExtractConfig:
     spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "ExtractConfig":
@@ -143,7 +144,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     cfg.validate()
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         parent = _preprocess_fingerprint(store)
         with Timeit("loading the model", logging.INFO):
             embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla)

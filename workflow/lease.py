@@ -32,12 +32,15 @@ class Lease:
     The holder's heartbeat is refreshed every `heartbeat` seconds by a daemon thread. A
     lease whose heartbeat is older than `stale_after` seconds, or whose holder was a
     process on this host that no longer exists, is taken over; `takeover=True` takes
-    any lease. `check()` raises if another run has taken the lease since.
+    any lease. A lease held by a live run makes this one wait up to `wait` seconds for
+    it, then raise. `check()` raises if another run has taken the lease since.
     """
 
     def __init__(self, store: Store, stage: str, stale_after: float = 300.0,
-                 heartbeat: float = 30.0, takeover: bool = False):
+                 heartbeat: float = 30.0, takeover: bool = False, wait: float = 0.0,
+                 poll: float = 5.0):
         self.store, self.stage = store, stage
+        self.wait, self.poll = wait, poll
         self.rel = f"{LEASE_DIR}/{stage}.json"
         self.stale_after, self.heartbeat, self.takeover = stale_after, heartbeat, takeover
         self.holder = uuid.uuid4().hex
@@ -60,16 +63,28 @@ class Lease:
             return True
         return other.get("host") == self.host and not pid_alive(int(other.get("pid", -1)))
 
-    def acquire(self) -> "Lease":
+    def _held_by_another(self) -> dict | None:
+        """The other live holder's record, or None if the lease is free or may be taken."""
         other = self.store.read_json(self.rel)
-        if other and other.get("holder") != self.holder:
-            if not (self.takeover or self._is_stale(other)):
+        if not other or other.get("holder") == self.holder:
+            return None
+        if self.takeover or self._is_stale(other):
+            logger.warning("taking over the %s lease from %s", self.stage, self.describe(other))
+            return None
+        return other
+
+    def acquire(self) -> "Lease":
+        until = time.monotonic() + self.wait
+        while (other := self._held_by_another()) is not None:
+            if time.monotonic() >= until:
                 raise LeaseError(
                     f"the {self.stage} stage is being run by another process "
-                    f"({self.describe(other)}). Wait for it to finish; if it is dead, "
-                    f"re-run after {self.stale_after:.0f} s without a heartbeat, or pass "
-                    f"--takeover to take the lease now.")
-            logger.warning("taking over the %s lease from %s", self.stage, self.describe(other))
+                    f"({self.describe(other)}). Wait for it to finish (--wait-minutes M "
+                    f"waits for it); if it is dead, re-run after {self.stale_after:.0f} s "
+                    f"without a heartbeat, or pass --takeover to take the lease now.")
+            logger.info("the %s stage is held by %s; waiting (up to %.0f s more)", self.stage,
+                        self.describe(other), until - time.monotonic())
+            time.sleep(min(self.poll, max(0.0, until - time.monotonic())))
         self.store.write_json(self.rel, self._record())
         time.sleep(0.05)
         now = self.store.read_json(self.rel)

@@ -40,6 +40,12 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
+def display_key(key: str) -> str:
+    """A key as valid UTF-8: a name that is not (undecodable bytes from the file system)
+    shows U+FFFD where its bad bytes were; the file is still read by its real name."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def source_prefixes(sources: Sequence[Source]) -> list[str]:
     """Key prefixes: none for a single source, else each source's unique base name."""
     if len(sources) == 1:
@@ -77,10 +83,13 @@ class Plan:
 
     def save(self, path: str) -> None:
         str_t = h5py.string_dtype()
+        # locators are file system names, which need not be UTF-8: kept as raw bytes
+        locators = [loc.encode("utf-8", "surrogateescape") for loc in self.locators]
         with h5py.File(path, "w") as f:
             f.attrs["version"] = PLAN_VERSION
             f.attrs["sources"] = json.dumps([s.to_json() for s in self.sources])
-            for name, data, dt in (("keys", self.keys, str_t), ("locators", self.locators, str_t),
+            for name, data, dt in (("keys", self.keys, str_t),
+                                   ("locators", locators, h5py.string_dtype("ascii")),
                                    ("source", self.source_idx, np.int16),
                                    ("offset", self.offsets, np.int64),
                                    ("size", self.sizes, np.int64),
@@ -91,9 +100,10 @@ class Plan:
     def load(cls, path: str) -> "Plan":
         with h5py.File(path, "r") as f:
             sources = [Source(**d) for d in json.loads(f.attrs["sources"])]
-            return cls(sources, list(f["keys"].asstr()[:]), f["source"][:],
-                       list(f["locators"].asstr()[:]), f["offset"][:], f["size"][:],
-                       f["shard_bounds"][:])
+            locators = [b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else b
+                        for b in f["locators"][:]]
+            return cls(sources, list(f["keys"].asstr()[:]), f["source"][:], locators,
+                       f["offset"][:], f["size"][:], f["shard_bounds"][:])
 
 
 def make_plan(sources: Sequence[Source], listings: Sequence[Sequence[Entry]],
@@ -104,7 +114,7 @@ def make_plan(sources: Sequence[Source], listings: Sequence[Sequence[Entry]],
     keys, src, locs, offs, sizes = [], [], [], [], []
     for i, (prefix, entries) in enumerate(zip(prefixes, listings)):
         for e in entries:
-            keys.append(prefix + e.key)
+            keys.append(display_key(prefix + e.key))
             src.append(i)
             locs.append(e.locator)
             offs.append(e.offset)

@@ -39,6 +39,7 @@ class PrefilterConfig:
     seed: int = 0
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "PrefilterConfig":
@@ -67,7 +68,8 @@ def run(cfg: PrefilterConfig) -> PrefilterResult:
     cfg.validate()
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         feats = feature_markers(store)
         if store.marker(TRAIN, "pca") is None:
             raise WorkflowError(f"{store.url} has no trained PCA; run scripts/03_train.py")

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, DeadlineReached, check_settings
+from .errors import ConfigError, DeadlineReached, SourceError, check_settings
 from .executors import EXECUTORS, make_executor, map_shards
 from .imaging import ImageOptions, ImageResult, Status, content_hash, preprocess_image
 from .lease import Lease
@@ -55,6 +55,7 @@ class PreprocessConfig:
     spark_master: str | None = None
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "PreprocessConfig":
@@ -158,7 +159,8 @@ def run(cfg: PreprocessConfig, image_fn: Callable | None = None) -> PreprocessRe
     cfg.validate()
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         sources = _source_urls(cfg, store)
         fp = store.freeze_stage(STAGE, settings_of(cfg, sources))
         store.cleanup(STAGE, FOLDER)
@@ -232,6 +234,7 @@ def _run_shards(cfg, store, plan, pending, n_pending, fp, fn, lease, deadline) -
                 lease.check()
                 bar.update(stats["n"])
         return
+    check_sources_present(plan.sources)
     shard_times: list[float] = []
     with make_executor(cfg.executor, fn, cfg.workers, cfg.image_timeout, _on_failure,
                        init=_worker_init, env=_worker_env(cfg), split=True) as ex, bar, \
@@ -243,6 +246,8 @@ def _run_shards(cfg, store, plan, pending, n_pending, fp, fn, lease, deadline) -
                     raise DeadlineReached()
             t = time.monotonic()
             stats = _process_shard(cfg, store, plan, i, fp, ex, reader, bar)
+            if stats["ok"] == 0 and stats["n"]:
+                check_sources_present(plan.sources)  # a vanished drive, not bad images?
             lease.check()
             shard_times.append(time.monotonic() - t)
             bar.set_postfix_str(f"shard {i + 1}/{plan.n_shards}: {stats['ok']} ok")
@@ -277,6 +282,23 @@ def _process_shard(cfg, store, plan, i, fp, ex, reader, bar) -> dict:
     store.commit(local, f"{FOLDER}/{name}.h5", STAGE, name, fp, {"stats": stats})
     local.unlink()
     return stats
+
+
+def check_sources_present(sources) -> None:
+    """Stop, naming the source, when one listed in the plan is gone (an unmounted drive)
+    rather than record its every image as unreadable."""
+    import fsspec
+    for src in sources:
+        fs, path = fsspec.core.url_to_fs(src.url)
+        try:
+            present = fs.info(path) is not None
+        except FileNotFoundError:
+            present = False
+        if not present:
+            raise SourceError(
+                f"the source {src.url} is gone (it was there when the plan was made): is the "
+                "drive mounted, or was it moved? Nothing more was recorded; bring it back "
+                "and re-run the same command to resume.")
 
 
 class ShardTask:

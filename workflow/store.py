@@ -106,8 +106,12 @@ class Store:
     def _retry(self, fn, what: str):
         try:
             return retry_io(fn, what, attempts=self.retries, base_delay=self.retry_delay)
-        except (FileNotFoundError, PermissionError):
+        except FileNotFoundError:
             raise
+        except PermissionError as e:
+            raise StoreError(f"{what}: permission denied ({e.filename or e}). Check that the "
+                             "store is writable by you (a Drive mounted read-only? a shared "
+                             "folder you may only read?); finished work is kept") from e
         except OSError as e:
             raise StoreError(f"{what}: {e} (still failing after {self.retries} attempts; "
                              "check that the store is reachable - e.g. that Drive is "

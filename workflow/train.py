@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     takeover: bool = False
+    wait_minutes: float = 0.0
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -147,7 +148,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     t0 = time.monotonic()
     store = Store(cfg.store, cfg.scratch)
-    with Lease(store, STAGE, takeover=cfg.takeover) as lease:
+    with Lease(store, STAGE, takeover=cfg.takeover,
+               wait=cfg.wait_minutes * 60) as lease:
         markers = feature_markers(store)
         n = sum(m.extra["n"] for m in markers.values())
         d = next(iter(markers.values())).extra["dim"]
