@@ -246,8 +246,6 @@ def _run_shards(cfg, store, plan, pending, n_pending, fp, fn, lease, deadline) -
                     raise DeadlineReached()
             t = time.monotonic()
             stats = _process_shard(cfg, store, plan, i, fp, ex, reader, bar)
-            if stats["ok"] == 0 and stats["n"]:
-                check_sources_present(plan.sources)  # a vanished drive, not bad images?
             lease.check()
             shard_times.append(time.monotonic() - t)
             bar.set_postfix_str(f"shard {i + 1}/{plan.n_shards}: {stats['ok']} ok")
@@ -279,6 +277,8 @@ def _process_shard(cfg, store, plan, i, fp, ex, reader, bar) -> dict:
     except BaseException:
         writer.abort()
         raise
+    if stats["ok"] == 0 and stats["n"]:
+        check_sources_present(plan.sources)  # a vanished drive, not bad images: keep none
     store.commit(local, f"{FOLDER}/{name}.h5", STAGE, name, fp, {"stats": stats})
     local.unlink()
     return stats
