@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow.utils import cpu_name  # noqa: E402
 from workflow.executors import make_executor  # noqa: E402
 from workflow.extract import DecodeChunk, ExtractConfig, make_embedder, run  # noqa: E402
 from workflow.models import ModelSpec  # noqa: E402
@@ -156,8 +157,7 @@ def median(xs) -> float:
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

@@ -34,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow.utils import cpu_name  # noqa: E402
 from workflow.extract import write_feature_shard  # noqa: E402
 from workflow.plan import Plan, shard_bounds, shard_name  # noqa: E402
 from workflow.shards import ImageShardWriter  # noqa: E402
@@ -149,8 +150,7 @@ def main() -> None:
     rows = [run_stage("train", a.out / "store", []), run_stage("add", a.out / "store", []),
             run_stage("prefilter", a.out / "store", [])]
     recall = recall_check(store, a.n, a.d, a.seed)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     report = {"date": dt.date.today().isoformat(),
               "machine": f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}",
               "command": "python bench/bench_index.py " + " ".join(sys.argv[1:]),

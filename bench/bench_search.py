@@ -34,8 +34,8 @@ ASSETS = REPO.parent / "shared" / "assets"
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    from workflow.utils import cpu_name
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_extract import image_store  # noqa: E402
+from workflow.utils import cpu_name  # noqa: E402
 from workflow.extract import ExtractConfig, run  # noqa: E402
 from workflow.stages import reset_stage  # noqa: E402
 from workflow.store import Store  # noqa: E402
@@ -69,8 +69,7 @@ def main() -> None:
             rows[name].append(n / seconds)
             print(f"round {r + 1}: {name}: {n} images in {seconds:.1f} s", flush=True)
     spark.stop()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     print(f"\n{dt.date.today()} | {cpu}, {os.cpu_count()} cores | python bench/bench_spark.py "
           f"{' '.join(sys.argv[1:])}\n")
     print(f"{n} images in {a.shards} shards; EfficientNet-B0 224 px, batch {a.batch_size}; "

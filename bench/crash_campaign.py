@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from campaign import check_clean, compare_stores, crash_campaign  # noqa: E402
 from conftest import write_corpus  # noqa: E402
+from workflow.utils import cpu_name  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +37,7 @@ def main() -> None:
     camp, ref, store = crash_campaign(a.out, a.out / "corpus", a.kills, a.seed, a.shard_size)
     compare_stores(ref, store)
     check_clean(store)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     print(f"{dt.date.today()} | {cpu}, {os.cpu_count()} cores | python "
           f"bench/crash_campaign.py {' '.join(sys.argv[1:])}\n")
     print(f"{a.images} images in shards of {a.shard_size}; every stage run as a user runs "

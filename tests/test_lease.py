@@ -81,7 +81,7 @@ def test_a_stage_started_while_another_run_holds_it(tmp_path):
            "--no-progress"]
     refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2, refused.stderr[-2000:]
-    assert f"is being run by another process (host" in refused.stderr
+    assert "is being run by another process (host" in refused.stderr
     assert f"pid {os.getpid()}" in refused.stderr
     assert not (store_path / "trained").exists()  # nothing done, nothing lost
     threading.Timer(2.0, holder.release).start()

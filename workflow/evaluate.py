@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from .lease import Lease
 from .search import (DEFAULTS_FILE, MODE_PARAMS, MODES, SearchParams, Searcher, drop_ids,
                      exact_search)
 from .store import Store
-from .utils import Timeit
+from .utils import Timeit, cpu_name
 
 logger = logging.getLogger(__name__)
 
@@ -439,9 +438,7 @@ def _report(cfg, store: Store, searcher: Searcher, q: dict, sweeps: dict) -> dic
     for mode, s in sweeps.items():
         i, met = tune(s["points"], cfg.target_recall)
         tuned[mode] = {**s["points"][i], "target_met": met, "point": i}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_name()
     report = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {faiss.get_num_gpus()} GPU(s)",

@@ -14,6 +14,7 @@ with -inf / -1 where fewer than k results exist.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +22,6 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import faiss
@@ -82,15 +82,14 @@ def exact_search(xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]]
     Uses the GPU where Faiss has one."""
     nq, d = xq.shape
     heap = faiss.ResultHeap(nq, k, keep_max=True)
-    gpu = faiss.get_num_gpus() > 0 and hasattr(faiss, "knn_gpu")
-    res = faiss.StandardGpuResources() if gpu else None
+    res = _gpu_resources()
     for ids, xb in blocks:
         if len(ids) == 0:
             continue
         xb = np.ascontiguousarray(xb, dtype=np.float32)
         assert xb.shape == (len(ids), d)
         kk = min(k, len(ids))
-        if gpu:
+        if res is not None:
             D, I = faiss.knn_gpu(res, xq, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
         else:
             D, I = faiss.knn(xq, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
@@ -100,6 +99,14 @@ def exact_search(xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]]
     D[I < 0] = -np.inf
     order = np.lexsort((I, -D), axis=1)  # equal scores (duplicates): lower id first
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_resources():
+    """Faiss GPU resources, made once (they hold device memory), or None without a GPU."""
+    if faiss.get_num_gpus() > 0 and hasattr(faiss, "knn_gpu"):
+        return faiss.StandardGpuResources()
+    return None
 
 
 def rerank_store_blocks(xb: np.ndarray, valid: np.ndarray, block: int = EXACT_BLOCK):

@@ -66,6 +66,17 @@ def retry_io(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: floa
     raise AssertionError("unreachable")
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one), for reports."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f
+                         if ln.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
 def parse_size(text: str) -> int:
     """'8G', '512M', '1.5GB', '1000' -> bytes."""
     s = text.strip().upper().removesuffix("B").removesuffix("I")
