@@ -119,8 +119,9 @@ def extract_parser(p: argparse.ArgumentParser | None = None,
     p = p or argparse.ArgumentParser(prog="02_extract.py")
     p.description = (
         "Stage 2: CNN features for every image shard, L2-normalised, as float16 HDF5 "
-        "feature shards (features/shard-NNNNN.h5). Decoding runs in worker processes and "
-        "overlaps inference. Kill it at any moment and run it again: it resumes.")
+        "feature shards (features/shard-NNNNN.h5). Decoding runs in a pool of threads (or "
+        "processes: --executor) and overlaps inference; the next shard is read meanwhile. "
+        "Kill it at any moment and run it again: it resumes.")
     p.formatter_class = _Formatter
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None if for_all else "efficientnet-b0",
@@ -147,7 +148,7 @@ def extract_parser(p: argparse.ArgumentParser | None = None,
                         "on some CPUs it is much slower")
     if not for_all:
         p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                       help="decoding processes")
+                       help="decoding threads (or processes, with --executor process)")
         p.add_argument("--executor", choices=["local", "thread", "process", "spark"],
                        default="thread",
                        help="where stored JPEGs are decoded: thread: --workers threads "

@@ -9,6 +9,7 @@ simply absent here.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -24,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .errors import DeadlineReached, WorkflowError, check_settings
 from .executors import EXECUTORS, make_executor, map_shards
-from .imaging import ImageOptions, Status, model_input, preprocess_image
+from .imaging import (MODEL_INPUT_VERSION, ImageOptions, Status, model_input,
+                      preprocess_image)
 from .lease import Lease
 from .models import Embedder, ModelSpec, load_embedder
 from .preprocess import STAGE as PREPROCESS, skip_ids
@@ -116,14 +118,24 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+# Images per decoding job of the extract stage.
+DECODE_CHUNK = 32
+
+
 class DecodeChunk:
-    """Worker job: a list of stored JPEGs -> uint8 RGB batch [n, S, S, 3]. Picklable."""
+    """Worker job: stored JPEGs -> uint8 RGB batch [n, S, S, 3]. Picklable. The job is a
+    list of JPEGs, or (JPEGs, array to decode into) where the worker shares our memory."""
 
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, jpegs: list[bytes]) -> np.ndarray:
-        return np.stack([model_input(j, self.size) for j in jpegs])
+    def __call__(self, job) -> np.ndarray:
+        jpegs, out = job if isinstance(job, tuple) else (job, None)
+        if out is None:
+            out = np.empty((len(jpegs), self.size, self.size, 3), np.uint8)
+        for j, o in zip(jpegs, out):
+            model_input(j, self.size, o)
+        return out
 
 
 def _decode_failed(payload, kind: str, message: str):
@@ -151,6 +163,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla)
         settings = {k: v for k, v in embedder.info.items() if k not in NOT_FINGERPRINTED}
         settings.update(crop="centre", features="float16-l2", format=FORMAT_VERSION,
+                        model_input=MODEL_INPUT_VERSION,
                         spec=dataclasses.asdict(cfg.spec()))
         fp = store.freeze_stage(STAGE, settings, parent)
         store.cleanup(STAGE, FOLDER)
@@ -204,13 +217,20 @@ class _ShardRunner:
                         self.timings[k] += v
             return
         shard_times: list[float] = []
-        with self.decoder() as pool, bar:
-            for unit in pending:
+        # The next shard is fetched and read while this one is computed.
+        with self.decoder() as pool, bar, \
+                concurrent.futures.ThreadPoolExecutor(1, "extract-read") as reader:
+            ahead = reader.submit(self._load, pending[0], images[pending[0]])
+            for i, unit in enumerate(pending):
                 if deadline is not None and time.monotonic() + (
                         np.mean(shard_times) if shard_times else 0.0) > deadline:
+                    ahead.cancel()
                     raise DeadlineReached()
                 t = time.monotonic()
-                self._shard(unit, images[unit], pool, bar)
+                loaded = ahead.result()
+                if i + 1 < len(pending):
+                    ahead = reader.submit(self._load, pending[i + 1], images[pending[i + 1]])
+                self._shard(unit, images[unit], pool, bar, loaded, time.monotonic() - t)
                 lease.check()
                 shard_times.append(time.monotonic() - t)
 
@@ -219,33 +239,50 @@ class _ShardRunner:
                              DecodeChunk(self.embedder.input_size), self.cfg.workers, 600.0,
                              _decode_failed)
 
-    def _shard(self, unit: str, marker, pool, bar) -> None:
-        t = {"read": 0.0, "decode wait": 0.0, "infer": 0.0, "write": 0.0}
-        t0 = time.monotonic()
+    def _load(self, unit: str, marker) -> tuple[np.ndarray, list[bytes]]:
+        """(ids, stored JPEGs) of the images of an image shard that get a feature."""
         local = self.store.fetch(marker, self.work / "in" / f"{unit}.h5")
         with h5py.File(local, "r") as f:
             ids, status = f["ids"][:], f["status"][:]
             keep = (status == Status.OK) & ~np.isin(ids, list(self.skip))
             rows = np.flatnonzero(keep)
-            jpegs = [bytes(f["jpeg"][i]) for i in rows]
-        ids = ids[rows]
-        t["read"] = time.monotonic() - t0
+            stored = f["jpeg"][:]  # one read of the whole column, not one per image
+            jpegs = [stored[i].tobytes() for i in rows]
+        local.unlink()
+        return ids[rows], jpegs
+
+    def _shard(self, unit: str, marker, pool, bar, loaded=None, read_wait=None) -> None:
+        """One shard; `loaded` is what `_load` returned where it was read ahead, and
+        `read_wait` the time spent waiting for it."""
+        t = {"read": 0.0, "decode wait": 0.0, "infer": 0.0, "write": 0.0}
+        t0 = time.monotonic()
+        ids, jpegs = loaded if loaded is not None else self._load(unit, marker)
+        t["read"] = read_wait if read_wait is not None else time.monotonic() - t0
         feats = np.zeros((len(ids), self.embedder.dim), np.float16)
         bs = self.bs
-        chunks = [jpegs[i:i + bs] for i in range(0, len(jpegs), bs)]
-        for k, batch in self._batches(chunks, pool, unit, t):
+        inflight: list = []  # at most one batch being computed while the next is handed over
+
+        def finish():
+            k, n, result = inflight.pop(0)
             t1 = time.monotonic()
-            feats[k * bs:k * bs + len(batch)] = l2_normalize(self.embedder(batch))
+            feats[k * bs:k * bs + n] = l2_normalize(result())
             t["infer"] += time.monotonic() - t1
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(n)
+        for k, batch in self._batches(jpegs, pool, unit, t):
+            t1 = time.monotonic()
+            inflight.append((k, len(batch), self.embedder.launch(batch)))
+            t["infer"] += time.monotonic() - t1
+            if len(inflight) > 1:
+                finish()
+        while inflight:
+            finish()
         t1 = time.monotonic()
         out = self.work / f"{unit}.h5"
         write_feature_shard(str(out), ids, feats, self.fp, self.embedder.info)
         self.store.commit(out, f"{FOLDER}/{unit}.h5", STAGE, unit, self.fp,
                           {"n": int(len(ids)), "dim": int(self.embedder.dim)})
         out.unlink()
-        local.unlink()
         t["write"] = time.monotonic() - t1
         for k in t:
             self.timings[k] += t[k]
@@ -253,14 +290,29 @@ class _ShardRunner:
                     "%.1f s", unit, len(ids), t["read"], t["decode wait"], t["infer"],
                     t["write"])
 
-    def _batches(self, chunks: list, pool, unit: str, t: dict):
-        """Decoded batches in order; a thread keeps a bounded queue of them filled."""
-        ready: queue.Queue = queue.Queue(maxsize=max(2, 2 * self.cfg.workers))
+    def _batches(self, jpegs: list, pool, unit: str, t: dict):
+        """Decoded batches of up to `bs` images, in order. A feeding thread hands decoding
+        jobs of DECODE_CHUNK images to the pool, a bounded number ahead: small jobs, so
+        that the first batch of a shard is ready soon after the shard starts. With
+        threads, the jobs write straight into their batch's array."""
+        bs, size = self.bs, self.embedder.input_size
+        dc = min(bs, DECODE_CHUNK)
+        in_place = self.cfg.executor == "thread"
+        arrays: dict[int, np.ndarray] = {}
+
+        def jobs():
+            for k, lo in enumerate(range(0, len(jpegs), bs)):
+                hi = min(len(jpegs), lo + bs)
+                arrays[k] = out = np.empty((hi - lo, size, size, 3), np.uint8)
+                for c in range(lo, hi, dc):
+                    e = min(hi, c + dc)
+                    yield c, (jpegs[c:e], out[c - lo:e - lo] if in_place else None)
+        ready: queue.Queue = queue.Queue(maxsize=max(4, 2 * self.cfg.workers))
         stop = threading.Event()
 
         def feed():
             try:
-                for item in pool.imap_unordered(enumerate(chunks)):
+                for item in pool.imap_unordered(jobs()):
                     while not stop.is_set():
                         try:
                             ready.put(item, timeout=0.2)
@@ -270,23 +322,26 @@ class _ShardRunner:
                     if stop.is_set():
                         return
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                ready.put((-1, e))
+                ready.put((None, e))
         thread = threading.Thread(target=feed, name=f"decode-{unit}", daemon=True)
         thread.start()
-        pending: dict[int, np.ndarray] = {}
+        done: dict[int, int] = {}
         try:
-            for k in range(len(chunks)):
+            for k in range(-(-len(jpegs) // bs)):
                 t0 = time.monotonic()
-                while k not in pending:
-                    idx, batch = ready.get()
-                    if idx == -1:
-                        raise batch
-                    if batch is None:
-                        raise WorkflowError(f"decoding a batch of {unit} crashed a worker; "
+                while done.get(k, 0) < min(bs, len(jpegs) - k * bs):
+                    key, part = ready.get()
+                    if key is None:
+                        raise part
+                    if part is None:
+                        raise WorkflowError(f"decoding images of {unit} crashed a worker; "
                                             "re-run, and report it if it happens again")
-                    pending[idx] = batch
+                    b, off = divmod(key, bs)  # key: the job's first image in the shard
+                    if not in_place:
+                        arrays[b][off:off + len(part)] = part
+                    done[b] = done.get(b, 0) + len(part)
                 t["decode wait"] += time.monotonic() - t0
-                yield k, pending.pop(k)
+                yield k, arrays.pop(k)
         finally:
             stop.set()
             thread.join(timeout=30)

@@ -303,8 +303,17 @@ def _preprocess(data: bytes, opts: ImageOptions, digest: str) -> ImageResult:
     return ImageResult(int(Status.OK), "", enc.tobytes(), int(w), int(h), digest)
 
 
-def model_input(jpeg: bytes, size: int) -> np.ndarray:
-    """A stored JPEG -> uint8 RGB [size, size, 3]: short side to `size`, centre crop."""
+# How stored JPEGs become model inputs; part of the extract stage's settings. Version 2:
+# bilinear resizing unless the image shrinks below half (area averaging there), the
+# channel swap done by OpenCV. Version 1 used area averaging for every reduction: 6x
+# slower for the usual 256 -> 224 step and no better for it.
+MODEL_INPUT_VERSION = 2
+
+
+def model_input(jpeg: bytes, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A stored JPEG -> uint8 RGB [size, size, 3]: short side to `size`, centre crop.
+
+    Written into `out` (a C-contiguous [size, size, 3] uint8 array) where given."""
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError("stored JPEG could not be decoded")
@@ -316,7 +325,10 @@ def model_input(jpeg: bytes, size: int) -> np.ndarray:
     s = size / min(h, w)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     if (nw, nh) != (w, h):
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        interp = cv2.INTER_AREA if s < 0.5 else cv2.INTER_LINEAR
         img = cv2.resize(img, (nw, nh), interpolation=interp)
     y, x = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(img[y:y + size, x:x + size, ::-1])
+    if out is None:
+        out = np.empty((size, size, 3), np.uint8)
+    cv2.cvtColor(img[y:y + size, x:x + size], cv2.COLOR_BGR2RGB, dst=out)
+    return out

@@ -1,6 +1,6 @@
 """Keras 3 models on any backend (TensorFlow by default; JAX or PyTorch where TF is absent).
 
-Only `select_backend`, `gpu_available`, `_compile` and `_predict` know about backends.
+Only `select_backend`, `gpu_available` and the `_compile` functions know about backends.
 """
 from __future__ import annotations
 
@@ -43,22 +43,84 @@ def gpu_available() -> bool:
     return False
 
 
-def _compile(model, xla: bool):
-    """x -> model output: an inference call, XLA-compiled where asked (TensorFlow)."""
-    def infer(x):
-        return model(x, training=False)
-    if not xla:
-        return infer
-    if select_backend() != "tensorflow":
+def _compile(model, xla: bool, preprocessing: str):
+    """uint8 batch -> model output (a backend array, possibly still being computed).
+
+    TensorFlow: preprocessing in NumPy, then the model, XLA-compiled where asked. JAX:
+    preprocessing and model in one jitted function of the uint8 batch, so only uint8
+    pixels cross to the device and calls return before the device has finished; batch
+    sizes are padded up (to the largest batch yet) so that few shapes are compiled. PyTorch:
+    preprocessing on the device, the model eagerly without autograd."""
+    backend = select_backend()
+    if xla and backend != "tensorflow":
         logger.warning("--xla applies to the TensorFlow backend only; ignored")
+    if backend == "jax":
+        return _compile_jax(model, preprocessing)
+    if backend == "torch":
+        import torch
+
+        def infer_torch(x):
+            with torch.no_grad():
+                t = torch.from_numpy(x)
+                if torch.cuda.is_available():
+                    t = t.pin_memory().to("cuda", non_blocking=True)
+                return model(_preprocess_ops(t, preprocessing), training=False)
+        return infer_torch
+
+    def infer(x):
+        return model(apply_preprocessing(x, preprocessing), training=False)
+    if not xla or backend != "tensorflow":
         return infer
     import tensorflow as tf
-    return tf.function(infer, jit_compile=True)
+    jitted = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    return lambda x: jitted(apply_preprocessing(x, preprocessing))
 
 
-def _predict(infer, x: np.ndarray) -> np.ndarray:
+def _preprocess_ops(x, mode: str):
+    """`apply_preprocessing` in keras.ops, on whatever device x lives."""
     import keras
-    y = infer(x)
+    ops = keras.ops
+    x = ops.cast(x, "float32")
+    if mode == "raw":
+        return x
+    if mode == "unit":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "caffe":
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor([103.939, 116.779, 123.68])
+    if mode == "torch":
+        return (x / 255.0 - ops.convert_to_tensor([0.485, 0.456, 0.406])) / \
+            ops.convert_to_tensor([0.229, 0.224, 0.225])
+    return ops.convert_to_tensor(apply_preprocessing(ops.convert_to_numpy(x), mode))
+
+
+def _compile_jax(model, preprocessing: str):
+    import jax
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def run(trainable, frozen, x):
+        y, _ = model.stateless_call(trainable, frozen, _preprocess_ops(x, preprocessing),
+                                    training=False)
+        return y
+
+    largest = [0]
+
+    def infer(x):
+        n = len(x)  # padded to the largest batch yet, else a power of two: few compiles
+        padded = max(largest[0], 1 << max(0, (n - 1).bit_length()))
+        largest[0] = max(largest[0], padded)
+        if padded != n:
+            x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
+        y = run(trainable, frozen, jax.device_put(x))  # returns while copying
+        return jax.tree_util.tree_map(lambda a: a[:n], y) if padded != n else y
+    return infer
+
+
+def _to_numpy(y) -> np.ndarray:
+    import keras
     if isinstance(y, dict):
         y = next(iter(y.values()))
     return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)
@@ -87,16 +149,16 @@ class KerasEmbedder(Embedder):
         backend = select_backend()
         self.on_gpu = gpu_available()
         import keras
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision
+                                                else "float32")
         keras.utils.set_random_seed(spec.seed)
         self.spec = spec
         if spec.model in KERAS_APPS:
             self.model, native, default_prep = self._build_app(keras, spec)
         else:
             self.model, native, default_prep = self._load_file(keras, spec)
-        self._run = _compile(self.model, xla)
         self.preprocessing = spec.preprocessing or default_prep
+        self._run = _compile(self.model, xla, self.preprocessing)
         self.input_size = spec.input_size or native
         if not self.input_size:
             raise ConfigError(f"{spec.model} does not fix its input size: pass --input-size")
@@ -154,6 +216,9 @@ class KerasEmbedder(Embedder):
         return layer, shape, "raw"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.launch(batch)()
+
+    def launch(self, batch: np.ndarray):
         assert batch.ndim == 4 and batch.dtype == np.uint8
-        y = _predict(self._run, apply_preprocessing(batch, self.preprocessing))
-        return global_pool(y, self.spec.pooling).astype(np.float32)
+        y = self._run(batch)
+        return lambda: global_pool(_to_numpy(y), self.spec.pooling).astype(np.float32)

@@ -2,7 +2,7 @@
 
 `load_embedder(spec)` returns an `Embedder`: a callable from a batch of uint8 RGB images
 [n, S, S, 3] to float32 features [n, d] (not yet normalised). Everything that depends on
-the Keras backend stays in `_predict`.
+the Keras backend stays in `keras_models`.
 """
 from __future__ import annotations
 
@@ -82,6 +82,13 @@ class Embedder(abc.ABC):
     @abc.abstractmethod
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """uint8 RGB [n, S, S, 3] -> float32 features [n, dim]."""
+
+    def launch(self, batch: np.ndarray):
+        """Start on a batch; returns a function that waits for its features. Embedders on
+        an accelerator return before the device has finished, so that the next batch
+        can be handed over while this one is computed."""
+        y = self(batch)
+        return lambda: y
 
 
 def sha256_of_path(path: str) -> str:

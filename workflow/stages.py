@@ -5,7 +5,6 @@ import time
 from typing import NamedTuple
 
 from .lease import read_leases
-from .search import MODES
 from .store import DONE_DIR, Store
 
 
@@ -94,6 +93,7 @@ def _evaluate_status(store: Store, markers: dict) -> tuple[bool, list[str]]:
                         "shards done"), f"modes measured: {', '.join(sweeps) or 'none'}"]
     out = [f"{m.extra.get('queries', 0):,} queries; tuned recall@10 and p50 latency"]
     tuned = m.extra.get("tuned", {})
+    from .search import MODES  # here: the extract and preprocess nodes need no Faiss
     for mode in sorted(tuned, key=lambda x: MODES.index(x) if x in MODES else 99):
         out.append(f"{mode} {tuned[mode]['recall@10']:.3f} at {tuned[mode]['p50_ms']:.2f} ms")
     return True, out
