@@ -11,8 +11,9 @@ from dataclasses import dataclass
 # took 874 s; OPQ32 on 20k x 64 took 140-280 s. The cost barely depends on d (the PQ
 # re-training inside each of OPQ's 50 iterations dominates), so it is per vector.
 OPQ_SECONDS_PER_VECTOR = 874 / 100_000
-# Seconds of IVF k-means per (sample x nlist x d): IVF4096 on 100k x 1280 took ~129 s.
-KMEANS_SECONDS_PER_UNIT = 129 / (100_000 * 4096 * 1280)
+# Seconds of IVF-PQ training per (sample x nlist x d): IVF4096,PQ64 on 100k x 1280 took
+# 84 s (129 s while Faiss's polysemous training of the PQ codes was still on).
+KMEANS_SECONDS_PER_UNIT = 84 / (100_000 * 4096 * 1280)
 MIN_POINTS_PER_CENTROID = 39     # Faiss warns below this
 PQ_MIN_TRAIN = 256 * 39          # each sub-quantizer has 256 centroids
 ID_BYTES = 8

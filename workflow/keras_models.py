@@ -79,20 +79,7 @@ def _compile(model, xla: bool, preprocessing: str):
 def _preprocess_ops(x, mode: str):
     """`apply_preprocessing` in keras.ops, on whatever device x lives."""
     import keras
-    ops = keras.ops
-    x = ops.cast(x, "float32")
-    if mode == "raw":
-        return x
-    if mode == "unit":
-        return x / 255.0
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "caffe":
-        return ops.flip(x, axis=-1) - ops.convert_to_tensor([103.939, 116.779, 123.68])
-    if mode == "torch":
-        return (x / 255.0 - ops.convert_to_tensor([0.485, 0.456, 0.406])) / \
-            ops.convert_to_tensor([0.229, 0.224, 0.225])
-    return ops.convert_to_tensor(apply_preprocessing(ops.convert_to_numpy(x), mode))
+    return apply_preprocessing(x, mode, keras.ops)
 
 
 def _compile_jax(model, preprocessing: str):

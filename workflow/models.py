@@ -46,9 +46,16 @@ class ModelSpec:
     seed: int = 0
 
 
-def apply_preprocessing(x: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 RGB [n, h, w, 3] -> float32 model input for the given convention."""
-    x = x.astype(np.float32)
+def apply_preprocessing(x, mode: str, ops=None):
+    """uint8 RGB [n, h, w, 3] -> float32 model input for the given convention. In NumPy,
+    or with `ops=keras.ops` on a backend tensor (so it runs on the tensor's device)."""
+    if ops is None:
+        cast, flip, const = (lambda a: a.astype(np.float32)), np.flip, \
+            (lambda v: np.array(v, np.float32))
+    else:
+        cast, flip, const = (lambda a: ops.cast(a, "float32")), ops.flip, \
+            ops.convert_to_tensor
+    x = cast(x)
     if mode == "raw":
         return x
     if mode == "unit":
@@ -56,10 +63,9 @@ def apply_preprocessing(x: np.ndarray, mode: str) -> np.ndarray:
     if mode == "tf":
         return x / 127.5 - 1.0
     if mode == "caffe":
-        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+        return flip(x, axis=-1) - const([103.939, 116.779, 123.68])
     if mode == "torch":
-        return (x / 255.0 - np.array([0.485, 0.456, 0.406], np.float32)) / \
-            np.array([0.229, 0.224, 0.225], np.float32)
+        return (x / 255.0 - const([0.485, 0.456, 0.406])) / const([0.229, 0.224, 0.225])
     raise ConfigError(f"unknown preprocessing {mode!r}; choose one of {PREPROCESSING}")
 
 

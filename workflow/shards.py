@@ -19,6 +19,8 @@ from .imaging import ImageResult, Status
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _VLEN_U8 = h5py.vlen_dtype(np.uint8)
+WRITE_BLOCK = 256                 # JPEGs written to the file at once
+WRITE_BLOCK_BYTES = 16 << 20
 
 
 class ImageShardWriter:
@@ -37,20 +39,42 @@ class ImageShardWriter:
         self.reason: list[str] = [""] * self.n
         self.hash: list[bytes] = [b""] * self.n
         self.i = 0
+        self._block: list[np.ndarray] = []  # JPEGs not yet written, from self._start
+        self._start = 0
+        self._bytes = 0
 
     def add(self, r: ImageResult) -> None:
         i = self.i
         assert i < self.n, "more results than items"
-        if r.jpeg:
-            self.jpeg[i] = np.frombuffer(r.jpeg, np.uint8)
+        self._block.append(np.frombuffer(r.jpeg or b"", np.uint8))
+        self._bytes += len(r.jpeg or b"")
         self.status[i], self.reason[i] = r.status, r.reason
         self.size[i] = (r.width, r.height)
         self.hash[i] = r.content_hash.encode()
         self.i += 1
+        if len(self._block) >= WRITE_BLOCK or self._bytes >= WRITE_BLOCK_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending JPEGs in one call: a third of the time of one call each."""
+        if not self._block:
+            return
+        block = np.empty(len(self._block), dtype=object)
+        for j, a in enumerate(self._block):
+            block[j] = a
+        # The low-level write: h5py's slice assignment takes a block of equal-length
+        # arrays for a 2-d array and refuses it.
+        space = self.jpeg.id.get_space()
+        space.select_hyperslab((self._start,), (len(block),))
+        self.jpeg.id.write(h5py.h5s.create_simple((len(block),)), space, block,
+                           mtype=h5py.h5t.py_create(_VLEN_U8))
+        self._start += len(block)
+        self._block, self._bytes = [], 0
 
     def close(self) -> dict:
         """Finish the file; returns its statistics (ok count, failures by kind)."""
         assert self.i == self.n, f"shard has {self.n} items but {self.i} were written"
+        self._flush()
         f = self.f
         f.create_dataset("status", data=self.status, track_times=False)
         f.create_dataset("orig_size", data=self.size, track_times=False)
