@@ -69,7 +69,7 @@ def _compile(model, xla: bool, preprocessing: str):
 
     def infer(x):
         return model(apply_preprocessing(x, preprocessing), training=False)
-    if not xla or backend != "tensorflow":
+    if not xla:
         return infer
     import tensorflow as tf
     jitted = tf.function(lambda x: model(x, training=False), jit_compile=True)

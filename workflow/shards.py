@@ -39,8 +39,7 @@ class ImageShardWriter:
         self.reason: list[str] = [""] * self.n
         self.hash: list[bytes] = [b""] * self.n
         self.i = 0
-        self._block: list[np.ndarray] = []  # JPEGs not yet written, from self._start
-        self._start = 0
+        self._block: list[np.ndarray] = []  # the last JPEGs added, not yet written
         self._bytes = 0
 
     def add(self, r: ImageResult) -> None:
@@ -65,10 +64,9 @@ class ImageShardWriter:
         # The low-level write: h5py's slice assignment takes a block of equal-length
         # arrays for a 2-d array and refuses it.
         space = self.jpeg.id.get_space()
-        space.select_hyperslab((self._start,), (len(block),))
+        space.select_hyperslab((self.i - len(block),), (len(block),))
         self.jpeg.id.write(h5py.h5s.create_simple((len(block),)), space, block,
                            mtype=h5py.h5t.py_create(_VLEN_U8))
-        self._start += len(block)
         self._block, self._bytes = [], 0
 
     def close(self) -> dict:
