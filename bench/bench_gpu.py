@@ -15,8 +15,10 @@ h5py; Faiss and Annoy are not needed. In one run:
      `--workers` threads;
    - model only: the embedder on batches decoded beforehand, mixed precision (float16)
      and float32 side by side, interleaved over rounds;
-   - pipeline: the whole extract stage (read shard, decode in threads, infer, write,
-     commit) with mixed precision, steady images/s (per-shard times) and wall.
+   - pipeline: the whole extract stage (read shard, decode, infer, write, commit) with
+     mixed precision, steady images/s (per-shard times) and wall, once per decoding
+     executor in `--executors`: `thread` (threads writing into the batch arrays) and
+     `process` (processes writing into batches in shared memory), side by side.
 3. Exact search (90,000 x 10,000 queries, 2048-d, k=3, the RAPIDS demo's shape) and
    k-means (`--kmeans-n` x 1280-d, `--kmeans-k` centroids, 10 iterations), with Faiss's
    GPU build where it loads, else as a PyTorch reference (cuBLAS matrix product + top-k /
@@ -25,8 +27,9 @@ h5py; Faiss and Annoy are not needed. In one run:
 
 Writes a Markdown report to stdout and `gpu.json` to `--out`.
 
-    python bench/bench_gpu.py [--n 24000] [--models efficientnet-b0,efficientnet-b4]
+    python bench/bench_gpu.py [--n 40000] [--models efficientnet-b0,efficientnet-b4]
                               [--batch-size 256] [--workers CORES] [--out bench/out/gpu]
+                              [--executors thread,process]
 """
 from __future__ import annotations
 
@@ -140,18 +143,24 @@ def model_rates(embedders: dict, batches: list[np.ndarray], rounds: int) -> dict
     return {k: float(np.median(v)) for k, v in rates.items()}
 
 
-def pipeline(store: Store, model: str, bs: int, workers: int) -> dict:
+def pipeline(store: Store, model: str, bs: int, workers: int, executor: str) -> dict:
     reset_stage(store, "extract")
     cfg = ExtractConfig(store=store.url, model=model, weights="none", progress=False,
-                        batch_size=bs, workers=workers, executor="thread",
+                        batch_size=bs, workers=workers, executor=executor,
                         mixed_precision="on")
     t = time.perf_counter()
     res = extract(cfg)
     wall = time.perf_counter() - t
     steady = sum(res.timings.values())
+    keys = list(res.timings)
+    later = res.shards[1:]
     return {"images": res.n_features, "steady_images_per_s": res.n_features / steady,
+            "after_first_shard_images_per_s":
+                sum(s["n"] for s in later) / sum(s[k] for s in later for k in keys)
+                if later else float("nan"),
             "wall_images_per_s": res.n_features / wall, "wall_s": wall,
-            "timings_s": {k: round(v, 2) for k, v in res.timings.items()}}
+            "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+            "shards": res.shards}
 
 
 def gpu_search(n_base: int, n_query: int, d: int, k: int, km_n: int, km_k: int,
@@ -258,8 +267,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--n", type=int, default=24_000, help="photos in the corpus")
-    ap.add_argument("--shard-size", type=int, default=4_000)
+    ap.add_argument("--n", type=int, default=40_000, help="photos in the corpus")
+    ap.add_argument("--shard-size", type=int, default=10_000,
+                    help="images per shard (the preprocess stage's default)")
     ap.add_argument("--models", default="efficientnet-b0,efficientnet-b4")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -267,6 +277,8 @@ def main() -> None:
     ap.add_argument("--model-images", type=int, default=4096,
                     help="images per model-only round (decoded beforehand)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--executors", default="thread,process",
+                    help="decoding executors of the pipeline runs, compared side by side")
     ap.add_argument("--images", type=Path, default=ASSETS / "flowers12",
                     help="real photos to make the corpus from")
     ap.add_argument("--kmeans-n", type=int, default=1_048_576)
@@ -322,7 +334,8 @@ def main() -> None:
         del embedders, batches
         keras.backend.clear_session()
         # The stage's default: one core fewer than the machine has, for the inference loop.
-        row["pipeline"] = pipeline(store, model, a.batch_size, max(1, a.workers - 1))
+        row["pipeline"] = {ex: pipeline(store, model, a.batch_size, max(1, a.workers - 1),
+                                        ex) for ex in a.executors.split(",")}
         report["models"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     if not a.no_search:
@@ -340,25 +353,30 @@ def print_report(r: dict) -> None:
           f"(GPU visible: {r['gpu_visible']})  \nCommand: `{r['command']}`  \n"
           f"Corpus: {r['images']:,} photos made in {r['corpus_s']:.0f} s; preprocess stage "
           f"{r['preprocess_images_per_s']:.0f} images/s with {r['workers']} processes; "
-          f"batch {r['batch_size']}, {r['workers']} decoding threads ({r['workers'] - 1} in "
-          f"the pipeline: the stage's default); peak RSS "
+          f"batch {r['batch_size']}, {r['workers']} decoding threads ({r['workers'] - 1} "
+          f"threads or processes in the pipeline: the stage's default); peak RSS "
           f"{r['peak_rss_mb']} MB; total {r['total_s']:.0f} s\n")
+    execs = list(r["models"][0]["pipeline"]) if r["models"] else []
     print("| model | decode, 1 thread | decode, all threads | model only, mixed fp16 | "
-          "model only, fp32 | fp16/fp32 | pipeline steady | pipeline wall | "
-          "pipeline / model-only fp16 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "model only, fp32 | fp16/fp32 | " +
+          " | ".join(f"pipeline ({e}): steady | after 1st shard | wall | "
+                     "after 1st / model-only fp16" for e in execs) + " |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|---:|---:|---:|" * len(execs))
     for m in r["models"]:
         dec = next(v for k, v in m.items() if k.startswith("decode_") and k != "decode_1_thread")
         mo = m["model_only"]
-        p = m["pipeline"]
+        cells = []
+        for p in m["pipeline"].values():
+            later = p.get("after_first_shard_images_per_s", float("nan"))
+            cells.append(f"{p['steady_images_per_s']:.0f} | {later:.0f} | "
+                         f"{p['wall_images_per_s']:.0f} | {later / mo['mixed_float16']:.2f}")
         print(f"| {m['model']} ({m['input_size']} px) | {m['decode_1_thread']:.0f} | "
               f"{dec:.0f} | {mo['mixed_float16']:.0f} | {mo['float32']:.0f} | "
-              f"{m['model_only_ratio_fp16_fp32']:.2f}x | {p['steady_images_per_s']:.0f} | "
-              f"{p['wall_images_per_s']:.0f} | "
-              f"{p['steady_images_per_s'] / mo['mixed_float16']:.2f} |")
+              f"{m['model_only_ratio_fp16_fp32']:.2f}x | " + " | ".join(cells) + " |")
     for m in r["models"]:
-        print(f"\n{m['model']} pipeline, {m['pipeline']['images']:,} images, time split: " +
-              ", ".join(f"{k} {v} s" for k, v in m["pipeline"]["timings_s"].items()))
+        for e, p in m["pipeline"].items():
+            print(f"\n{m['model']} pipeline ({e}), {p['images']:,} images, time split: " +
+                  ", ".join(f"{k} {v} s" for k, v in p["timings_s"].items()))
     if r.get("search"):
         print("\n| GPU search | shape | seconds | vs floor | queries/s |\n|---|---|---:|---:|---:|")
         for s in r["search"]:
@@ -369,7 +387,9 @@ def print_report(r: dict) -> None:
             qps = f"{s['queries_per_s']:,.0f}" if "queries_per_s" in s else ""
             print(f"| {s['what']} | {s['shape']} | {s['seconds']:.3f} | {vf} | {qps} |")
     print("\nimages/s throughout; steady = images / the sum of per-shard times (read, decode "
-          "wait, infer, write+commit); wall includes loading the model and compiling.")
+          "wait, infer, write+commit where it was not overlapped); after 1st shard = the "
+          "same over the shards after the first (whose read is not overlapped: the rate a "
+          "long run sustains); wall includes loading the model and compiling.")
 
 
 if __name__ == "__main__":

@@ -51,18 +51,57 @@ def test_feature_shards_hold_normalised_float16_of_the_ok_images(tmp_path):
     assert again.complete and again.timings["infer"] == 0
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
-def test_executors_give_identical_features(tmp_path, executor):
-    store = _preprocessed(tmp_path)
+def _shared_blocks() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("executor,n,shard_size,extra", [
+    ("thread", 14, 6, {}),
+    ("process", 14, 6, {}),
+    # Processes decode into a ring of shared batches: batches of two decoding jobs
+    # (32 + 8 images), a short last batch, and slots reused across batches and shards.
+    ("process", 130, 90, {"batch_size": 40, "workers": 3}),
+    # The fewest shared batches that can work: decoding pauses whenever both are out.
+    ("process-2-slots", 130, 90, {"batch_size": 40, "workers": 3}),
+    # Too little room in /dev/shm: decoded pixels come back through pipes.
+    ("process-no-shm", 40, 30, {"batch_size": 8, "workers": 2}),
+])
+def test_executors_give_identical_features(tmp_path, monkeypatch, caplog, executor, n,
+                                           shard_size, extra):
+    import workflow.extract as ex
+    if executor == "process-2-slots":
+        monkeypatch.setattr(ex._ShardRunner, "shared_slots", lambda self: 2)
+    if executor == "process-no-shm":
+        monkeypatch.setattr(ex, "shared_memory_free", lambda: 100 << 10)
+        monkeypatch.setattr(ex, "SharedBatches", None)  # must not be used
+    executor = executor.split("-")[0]
+    store = _preprocessed(tmp_path, n=n, shard_size=shard_size)
+    before = _shared_blocks()
     run(ExtractConfig(store=str(store), scratch=str(tmp_path / "s"), executor=executor,
-                      **SMALL))
+                      **{**SMALL, **extra}))
+    assert _shared_blocks() <= before  # shared batches are unlinked when the stage ends
+    if ex.SharedBatches is None:
+        assert "/dev/shm has 0.1 MB free" in caplog.text and "--shm-size" in caplog.text
     ref = _features(store)
+    assert sum(len(ids) for ids, _, _ in ref.values()) == n
     Store(store).remove("features")
     Store(store).remove("_done/extract")
     run(ExtractConfig(store=str(store), scratch=str(tmp_path / "s"),
-                      **{**SMALL, "workers": 2}, executor="local"))
+                      **{**SMALL, "workers": 2, "batch_size": extra.get("batch_size", 4)},
+                      executor="local"))
     for name, (ids, feats, _) in _features(store).items():
         assert np.array_equal(ids, ref[name][0]) and np.array_equal(feats, ref[name][1])
+
+
+def test_decoding_runs_in_processes_with_a_gpu_and_in_threads_without():
+    from types import SimpleNamespace
+    from workflow.extract import resolve_executor
+    cfg = ExtractConfig(store="s")
+    assert cfg.executor == "auto"
+    assert resolve_executor(cfg, SimpleNamespace(on_gpu=True)).executor == "process"
+    assert resolve_executor(cfg, SimpleNamespace(on_gpu=False)).executor == "thread"
+    explicit = ExtractConfig(store="s", executor="thread")
+    assert resolve_executor(explicit, SimpleNamespace(on_gpu=True)).executor == "thread"
 
 
 def test_other_model_settings_are_refused_and_duplicates_dropped(tmp_path):

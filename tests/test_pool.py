@@ -51,3 +51,37 @@ def test_chunks_with_a_bad_item_are_split_and_only_it_is_lost():
         got = dict(ex.imap_unordered(enumerate(chunks)))
     assert got == {0: [1, 4, 9], 1: [16, "timeout:hang", 25, 36], 2: [49],
                    3: ["crashed:crash", 64], 4: [81, 100]}
+
+
+def test_a_paused_job_iterator_is_asked_again_while_results_still_come_in():
+    """A consumer that frees room only on receiving results: with PAUSE the pool keeps
+    collecting instead of stalling (blocking in the iterator would deadlock)."""
+    from workflow.pool import PAUSE
+    room = [2]  # jobs that may be out before a result is taken
+    got = {}
+
+    def jobs():
+        for i in range(12):
+            while room[0] == 0:
+                yield PAUSE
+            room[0] -= 1
+            yield i, i
+    with make_executor("process", square, 3, 30, _failure) as ex:
+        for i, r in ex.imap_unordered(jobs()):
+            got[i] = r
+            room[0] += 1
+    assert got == {i: i * i for i in range(12)}
+
+
+def test_a_pause_with_nothing_out_polls_until_the_iterator_goes_on():
+    import threading
+    from workflow.pool import PAUSE
+    go = threading.Event()
+    threading.Timer(0.2, go.set).start()
+
+    def jobs():
+        while not go.is_set():
+            yield PAUSE
+        yield 0, 7
+    with make_executor("process", square, 2, 30, _failure) as ex:
+        assert dict(ex.imap_unordered(jobs())) == {0: 49}

@@ -1,15 +1,18 @@
 """Stage 2, extract: image shards -> `features/shard-NNNNN.h5` (L2-normalised float16).
 
-Per shard: stage the image shard in from the store, decode its small JPEGs into model
-input in worker threads (OpenCV releases the GIL; no pixels are copied between
-processes) or processes, feed ready batches through a bounded queue to the model (so
-decoding overlaps inference), L2-normalise, write the feature shard in scratch, commit.
-Images that failed in preprocess (and exact duplicates, with --drop-duplicates) are
-simply absent here.
+Per shard: stage the image shard in from the store (the next one while this one is
+computed), decode its small JPEGs into model input in worker threads (without a GPU:
+OpenCV releases the GIL) or worker processes writing into batches in shared memory
+(with a GPU: the inference loop then shares no GIL with decoding), feed ready batches
+through a bounded queue to the model (so decoding overlaps inference), L2-normalise,
+write the feature shard in scratch and commit it (in the background, while the next
+shard is computed). Images that failed in preprocess (and exact duplicates, with
+--drop-duplicates) are simply absent here.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +21,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import NamedTuple
 
+import cv2
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,6 +35,7 @@ from .imaging import (MODEL_INPUT_VERSION, ImageOptions, Status, model_input,
                       preprocess_image)
 from .lease import Lease
 from .models import Embedder, ModelSpec, load_embedder
+from .pool import PAUSE
 from .preprocess import STAGE as PREPROCESS, skip_ids
 from .spark import run_in_scratch, task_cpus, worker_cached
 from .store import Store
@@ -56,7 +63,7 @@ class ExtractConfig:
     preprocessing: str | None = None
     embedding_tensor: str | None = None
     batch_size: int | None = None   # None: 32 on a CPU, 256 on a GPU
-    executor: str = "thread"
+    executor: str = "auto"  # process with a GPU, thread without (see resolve_executor)
     workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     mixed_precision: str = "auto"
     xla: bool = False
@@ -68,8 +75,8 @@ class ExtractConfig:
 
     def validate(self) -> "ExtractConfig":
         checks = [
-            (self.executor in (*EXECUTORS, "spark"),
-             f"--executor must be one of {sorted((*EXECUTORS, 'spark'))}"),
+            (self.executor in (*EXECUTORS, "spark", "auto"),
+             f"--executor must be one of {sorted((*EXECUTORS, 'spark', 'auto'))}"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.input_size is None or self.input_size >= 32, "--input-size must be >= 32"),
@@ -95,6 +102,7 @@ class ExtractResult:
     seconds: float
     timings: dict
     store: str
+    shards: list = field(default_factory=list)  # per shard done now: images and timings
 
     def summary(self) -> str:
         state = "complete" if self.complete else "stopped early (re-run to resume)"
@@ -124,18 +132,101 @@ DECODE_CHUNK = 32
 
 class DecodeChunk:
     """Worker job: stored JPEGs -> uint8 RGB batch [n, S, S, 3]. Picklable. The job is a
-    list of JPEGs, or (JPEGs, array to decode into) where the worker shares our memory."""
+    list of JPEGs, or (JPEGs, where to decode into): an array where the worker shares our
+    memory (threads), a `SharedSlice` where it does not (processes; the job then returns
+    only the number of images written)."""
 
     def __init__(self, size: int):
         self.size = size
+        self._attached: dict[str, tuple] = {}
 
-    def __call__(self, job) -> np.ndarray:
+    def __getstate__(self) -> dict:
+        return {"size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["size"])
+
+    def __call__(self, job):
         jpegs, out = job if isinstance(job, tuple) else (job, None)
+        if isinstance(out, SharedSlice):
+            target = self._view(out)
+            for j, o in zip(jpegs, target):
+                model_input(j, self.size, o)
+            return len(jpegs)
         if out is None:
             out = np.empty((len(jpegs), self.size, self.size, 3), np.uint8)
         for j, o in zip(jpegs, out):
             model_input(j, self.size, o)
         return out
+
+    def _view(self, s: "SharedSlice") -> np.ndarray:
+        if s.name not in self._attached:
+            for old in self._attached.values():  # the previous run's block
+                old[0].close()
+            self._attached.clear()
+            cv2.setNumThreads(1)  # this process is one of many decoding workers
+            shm = _attach_shared(s.name)
+            self._attached[s.name] = (shm, np.ndarray(s.shape, np.uint8, buffer=shm.buf))
+        return self._attached[s.name][1][s.slot, s.lo:s.hi]
+
+
+class SharedSlice(NamedTuple):
+    """Rows lo:hi of batch `slot` of the shared block `name` of shape [slots, bs, S, S, 3]."""
+    name: str
+    shape: tuple
+    slot: int
+    lo: int
+    hi: int
+
+
+def _attach_shared(name: str) -> shared_memory.SharedMemory:
+    """Open a block another process created and will unlink (only it tracks the block)."""
+    try:
+        return shared_memory.SharedMemory(name, track=False)  # Python >= 3.13
+    except TypeError:
+        return shared_memory.SharedMemory(name)
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free where shared memory lives (/dev/shm on Linux), None where unknown.
+    Docker gives containers 64 MB there unless told otherwise; a block larger than what
+    is free is created all the same and kills its writer with SIGBUS later."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class SharedBatches:
+    """Batch arrays in one shared-memory block, for decoding processes to write model
+    input into: no decoded pixels are pickled, and the inference loop shares no GIL with
+    the decoding. `slots` batches of [bs, S, S, 3] uint8; `take` gives a free one,
+    `release` returns it."""
+
+    def __init__(self, slots: int, bs: int, size: int):
+        self.shape = (slots, bs, size, size, 3)
+        self.shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self.shape)))
+        self.arrays = np.ndarray(self.shape, np.uint8, buffer=self.shm.buf)
+        self.free = list(range(slots))
+
+    def take(self) -> int | None:
+        """A free batch, or None while all are out."""
+        return self.free.pop(0) if self.free else None
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def slice(self, slot: int, lo: int, hi: int) -> SharedSlice:
+        return SharedSlice(self.shm.name, self.shape, slot, lo, hi)
+
+    def close(self) -> None:
+        self.shm.unlink()
+        del self.arrays
+        try:
+            self.shm.close()
+        except BufferError:  # a batch is still referenced (we are unwinding an error)
+            pass
 
 
 def _decode_failed(payload, kind: str, message: str):
@@ -149,6 +240,19 @@ def _preprocess_fingerprint(store: Store) -> str:
                             "scripts/01_preprocess.py first (`python -m workflow status` "
                             "shows where it stands)")
     return frozen["fingerprint"]
+
+
+def resolve_executor(cfg: ExtractConfig, embedder: Embedder) -> ExtractConfig:
+    """`auto`: with a GPU, decoding processes writing into shared memory, so that the
+    inference loop has its Python to itself (on an H100 with 16 cores: 8,455 images/s
+    for EfficientNet-B0 against 2,359 with threads, BENCHMARKS.md); without one,
+    threads (the model is the limit, and threads cost nothing to start)."""
+    if cfg.executor != "auto":
+        return cfg
+    executor = "process" if embedder.on_gpu else "thread"
+    logger.info("extract: decoding in %d %s", cfg.workers,
+                "processes" if executor == "process" else "threads")
+    return dataclasses.replace(cfg, executor=executor)
 
 
 def run(cfg: ExtractConfig) -> ExtractResult:
@@ -173,6 +277,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         logger.info("extract: %d shards, %d done, %d to do; model %s, input %d px, dim %d",
                     len(images), len(images) - len(pending), len(pending),
                     embedder.info["model"], embedder.input_size, embedder.dim)
+        cfg = resolve_executor(cfg, embedder)
         runner = _ShardRunner(cfg, store, embedder, fp, skip_ids(store))
         deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
         complete = True
@@ -184,7 +289,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     markers = {u: m for u, m in store.markers(STAGE).items() if u.startswith("shard-")}
     return ExtractResult(complete and len(markers) == len(images), len(images), len(markers),
                          sum(m.extra["n"] for m in markers.values()), embedder.dim,
-                         time.monotonic() - t0, runner.timings, store.url)
+                         time.monotonic() - t0, runner.timings, store.url, runner.shards)
 
 
 class _ShardRunner:
@@ -195,7 +300,10 @@ class _ShardRunner:
         self.cfg, self.store, self.embedder, self.fp, self.skip = cfg, store, embedder, fp, skip
         self.bs = cfg.batch_size or (256 if embedder.on_gpu else 32)
         self.timings = {"read": 0.0, "decode wait": 0.0, "infer": 0.0, "write": 0.0}
+        self.shards: list[dict] = []
         self.work = store.scratch / STAGE
+        self.shared: SharedBatches | None = None
+        self._writing: concurrent.futures.Future | None = None
 
     def run(self, pending: list[str], images: dict, lease: Lease, deadline) -> None:
         if not pending:
@@ -217,22 +325,62 @@ class _ShardRunner:
                         self.timings[k] += v
             return
         shard_times: list[float] = []
-        # The next shard is fetched and read while this one is computed.
-        with self.decoder() as pool, bar, \
-                concurrent.futures.ThreadPoolExecutor(1, "extract-read") as reader:
-            ahead = reader.submit(self._load, pending[0], images[pending[0]])
-            for i, unit in enumerate(pending):
-                if deadline is not None and time.monotonic() + (
-                        np.mean(shard_times) if shard_times else 0.0) > deadline:
-                    ahead.cancel()
-                    raise DeadlineReached()
-                t = time.monotonic()
-                loaded = ahead.result()
-                if i + 1 < len(pending):
-                    ahead = reader.submit(self._load, pending[i + 1], images[pending[i + 1]])
-                self._shard(unit, images[unit], pool, bar, loaded, time.monotonic() - t)
-                lease.check()
-                shard_times.append(time.monotonic() - t)
+        with Timeit(f"preparing the model for batches of {self.bs}", logging.INFO):
+            self.embedder.warm_up(self.bs)
+        # The next shard is fetched and read, and the last one written and committed,
+        # while this one is computed.
+        with self.decoder() as pool, bar, self._shared_batches(), \
+                concurrent.futures.ThreadPoolExecutor(1, "extract-read") as reader, \
+                concurrent.futures.ThreadPoolExecutor(1, "extract-write") as writer:
+            try:
+                ahead = reader.submit(self._load, pending[0], images[pending[0]])
+                for i, unit in enumerate(pending):
+                    if deadline is not None and time.monotonic() + (
+                            np.mean(shard_times) if shard_times else 0.0) > deadline:
+                        ahead.cancel()
+                        raise DeadlineReached()
+                    t = time.monotonic()
+                    loaded = ahead.result()
+                    if i + 1 < len(pending):
+                        ahead = reader.submit(self._load, pending[i + 1],
+                                              images[pending[i + 1]])
+                    self._shard(unit, images[unit], pool, bar, loaded, time.monotonic() - t,
+                                writer=writer, lease=lease)
+                    lease.check()
+                    shard_times.append(time.monotonic() - t)
+            finally:
+                self._written()  # a shard computed is a shard saved, whatever stopped us
+
+    def shared_slots(self) -> int:
+        """Batches in shared memory for decoding processes: the one being computed, the
+        one being filled, those the workers' jobs reach into, and two to spare so
+        that a slow job does not idle the other workers."""
+        chunks = -(-self.bs // min(self.bs, DECODE_CHUNK))
+        return 4 + -(-self.cfg.workers // chunks)
+
+    @contextlib.contextmanager
+    def _shared_batches(self):
+        """With decoding processes, the batches they decode into, in shared memory."""
+        if self.cfg.executor != "process":
+            yield
+            return
+        slots, size = self.shared_slots(), self.embedder.input_size
+        need = slots * self.bs * size * size * 3
+        free = shared_memory_free()
+        if free is not None and free < need:
+            logger.warning(
+                "extract: /dev/shm has %.1f MB free, and decoding processes need %.1f MB there "
+                "for their batches; decoded pixels are sent back through pipes instead "
+                "(slower). Remedy: a larger /dev/shm (Docker: --shm-size=1g), a smaller "
+                "--batch-size, or --executor thread", free / 2**20, need / 2**20)
+            yield
+            return
+        self.shared = SharedBatches(slots, self.bs, size)
+        try:
+            yield
+        finally:
+            self.shared.close()
+            self.shared = None
 
     def decoder(self, executor: str | None = None):
         return make_executor(executor or self.cfg.executor,
@@ -251,9 +399,13 @@ class _ShardRunner:
         local.unlink()
         return ids[rows], jpegs
 
-    def _shard(self, unit: str, marker, pool, bar, loaded=None, read_wait=None) -> None:
+    def _shard(self, unit: str, marker, pool, bar, loaded=None, read_wait=None,
+               writer: concurrent.futures.Executor | None = None,
+               lease: Lease | None = None) -> None:
         """One shard; `loaded` is what `_load` returned where it was read ahead, and
-        `read_wait` the time spent waiting for it."""
+        `read_wait` the time spent waiting for it. With a `writer`, the feature shard is
+        written and committed there (after the lease is checked), one at a time, while
+        the next shard is computed."""
         t = {"read": 0.0, "decode wait": 0.0, "infer": 0.0, "write": 0.0}
         t0 = time.monotonic()
         ids, jpegs = loaded if loaded is not None else self._load(unit, marker)
@@ -263,50 +415,89 @@ class _ShardRunner:
         inflight: list = []  # at most one batch being computed while the next is handed over
 
         def finish():
-            k, n, result = inflight.pop(0)
+            k, n, result, release = inflight.pop(0)
             t1 = time.monotonic()
             feats[k * bs:k * bs + n] = l2_normalize(result())
+            release()  # the model has consumed the batch: its array may be reused
             t["infer"] += time.monotonic() - t1
             if bar is not None:
                 bar.update(n)
-        for k, batch in self._batches(jpegs, pool, unit, t):
+        for k, batch, release in self._batches(jpegs, pool, unit, t):
             t1 = time.monotonic()
-            inflight.append((k, len(batch), self.embedder.launch(batch)))
+            inflight.append((k, len(batch), self.embedder.launch(batch), release))
             t["infer"] += time.monotonic() - t1
             if len(inflight) > 1:
                 finish()
         while inflight:
             finish()
+        if writer is None:
+            self._write(unit, ids, feats, t)
+            return
+        t1 = time.monotonic()
+        self._written()
+        t["write"] = time.monotonic() - t1  # waiting for the previous shard's write
+        self._writing = writer.submit(self._write, unit, ids, feats, t, lease, True)
+
+    def _written(self) -> None:
+        """Wait for the shard being written, if any; its error is raised here."""
+        if self._writing is not None:
+            fut, self._writing = self._writing, None
+            fut.result()
+
+    def _write(self, unit: str, ids: np.ndarray, feats: np.ndarray, t: dict,
+               lease: Lease | None = None, background: bool = False) -> None:
+        """Write and commit a feature shard. `t` gets the time the computing loop spent
+        on it: all of it inline, none of it in the background."""
         t1 = time.monotonic()
         out = self.work / f"{unit}.h5"
         write_feature_shard(str(out), ids, feats, self.fp, self.embedder.info)
+        if lease is not None:
+            lease.check()
         self.store.commit(out, f"{FOLDER}/{unit}.h5", STAGE, unit, self.fp,
                           {"n": int(len(ids)), "dim": int(self.embedder.dim)})
         out.unlink()
-        t["write"] = time.monotonic() - t1
+        spent = time.monotonic() - t1
+        if not background:
+            t["write"] += spent
         for k in t:
             self.timings[k] += t[k]
+        self.shards.append({"unit": unit, "n": int(len(ids)),
+                            **{k: round(v, 4) for k, v in t.items()}})
         logger.info("%s: %d images, read %.1f s, decode wait %.1f s, infer %.1f s, write "
-                    "%.1f s", unit, len(ids), t["read"], t["decode wait"], t["infer"],
-                    t["write"])
+                    "%.1f s%s", unit, len(ids), t["read"], t["decode wait"], t["infer"],
+                    spent, " (in the background)" if background else "")
 
     def _batches(self, jpegs: list, pool, unit: str, t: dict):
-        """Decoded batches of up to `bs` images, in order. A feeding thread hands decoding
-        jobs of DECODE_CHUNK images to the pool, a bounded number ahead: small jobs, so
-        that the first batch of a shard is ready soon after the shard starts. With
-        threads, the jobs write straight into their batch's array."""
+        """(k, batch k, release) for the decoded batches of up to `bs` images, in order;
+        release() once the model is done with the batch. A feeding thread hands
+        decoding jobs of DECODE_CHUNK images to the pool, a bounded number ahead: small
+        jobs, so that the first batch of a shard is ready soon after the shard starts.
+        Threads write straight into their batch's array, processes into shared memory."""
         bs, size = self.bs, self.embedder.input_size
         dc = min(bs, DECODE_CHUNK)
         in_place = self.cfg.executor == "thread"
+        shared = self.shared
         arrays: dict[int, np.ndarray] = {}
+        slots: dict[int, int] = {}
 
         def jobs():
             for k, lo in enumerate(range(0, len(jpegs), bs)):
                 hi = min(len(jpegs), lo + bs)
-                arrays[k] = out = np.empty((hi - lo, size, size, 3), np.uint8)
+                if shared is not None:
+                    # All batches out: let the pool collect results until one is freed.
+                    while (slot := shared.take()) is None:
+                        yield PAUSE
+                    slots[k] = slot
+                    arrays[k] = shared.arrays[slot, :hi - lo]
+                else:
+                    arrays[k] = np.empty((hi - lo, size, size, 3), np.uint8)
                 for c in range(lo, hi, dc):
                     e = min(hi, c + dc)
-                    yield c, (jpegs[c:e], out[c - lo:e - lo] if in_place else None)
+                    if shared is not None:
+                        into = shared.slice(slot, c - lo, e - lo)
+                    else:
+                        into = arrays[k][c - lo:e - lo] if in_place else None
+                    yield c, (jpegs[c:e], into)
         ready: queue.Queue = queue.Queue(maxsize=max(4, 2 * self.cfg.workers))
         stop = threading.Event()
 
@@ -337,14 +528,20 @@ class _ShardRunner:
                         raise WorkflowError(f"decoding images of {unit} crashed a worker; "
                                             "re-run, and report it if it happens again")
                     b, off = divmod(key, bs)  # key: the job's first image in the shard
-                    if not in_place:
-                        arrays[b][off:off + len(part)] = part
-                    done[b] = done.get(b, 0) + len(part)
+                    n = part if isinstance(part, int) else len(part)
+                    if not in_place and shared is None:
+                        arrays[b][off:off + n] = part
+                    done[b] = done.get(b, 0) + n
                 t["decode wait"] += time.monotonic() - t0
-                yield k, arrays.pop(k)
+                slot = slots.pop(k, None)
+                yield k, arrays.pop(k), (lambda s=slot: shared.release(s)) \
+                    if slot is not None else (lambda: None)
         finally:
             stop.set()
             thread.join(timeout=30)
+            if shared is not None:  # batches never handed over (an error stopped us)
+                for slot in slots.values():
+                    shared.release(slot)
 
 
 class ShardTask:

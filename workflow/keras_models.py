@@ -205,6 +205,12 @@ class KerasEmbedder(Embedder):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.launch(batch)()
 
+    def warm_up(self, batch_size: int) -> None:
+        """On JAX, and on a GPU, the first batch of a new size compiles the model (seconds
+        on a GPU, longer than many batches): do it now, with a batch of zeros."""
+        if self.on_gpu or select_backend() == "jax":
+            self(np.zeros((batch_size, self.input_size, self.input_size, 3), np.uint8))
+
     def launch(self, batch: np.ndarray):
         assert batch.ndim == 4 and batch.dtype == np.uint8
         y = self._run(batch)

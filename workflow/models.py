@@ -96,6 +96,10 @@ class Embedder(abc.ABC):
         y = self(batch)
         return lambda: y
 
+    def warm_up(self, batch_size: int) -> None:
+        """Prepare for batches of `batch_size` (compile, allocate) before the first one is
+        timed. Nothing to do for most embedders."""
+
 
 def sha256_of_path(path: str) -> str:
     h = hashlib.sha256()

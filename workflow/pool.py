@@ -9,6 +9,10 @@ With `split=True` a job's payload is a list of items (fn maps a list to a list o
 results): a chunk of items costs one hand-off instead of one per item, and a chunk whose
 worker hangs or crashes is split and its items retried one by one, so that still only
 the guilty item is lost.
+
+A jobs iterator may yield `PAUSE` when it has no job to give yet (its consumer holds
+all the buffers the next job would write into): the pool keeps collecting the results
+of the jobs out, which is what lets the consumer free a buffer, and asks again.
 """
 from __future__ import annotations
 
@@ -24,6 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 from .errors import WorkflowError
 
 logger = logging.getLogger(__name__)
+
+# Yielded by a jobs iterator for "no job yet, ask again once a result came in".
+PAUSE = object()
+PAUSE_POLL_S = 0.002
 
 WORKER_ENV = {
     # One thread per process: the pool is the parallelism.
@@ -138,18 +146,23 @@ class SupervisedPool:
         it = iter(jobs)
         exhausted = False
         while True:
+            paused = False
             for w in self.workers:
                 if w.job is not None:
                     continue
                 if self._retry:
                     w.give(*self._retry.popleft())
-                elif not exhausted:
+                elif not exhausted and not paused:
                     nxt = next(it, None)
                     exhausted = nxt is None
-                    if nxt is not None:
+                    paused = nxt is PAUSE
+                    if nxt is not None and not paused:
                         w.give(*nxt)
             busy = [w for w in self.workers if w.job is not None]
             if not busy:
+                if paused:  # nothing out whose result could unpause it: poll
+                    time.sleep(PAUSE_POLL_S)
+                    continue
                 return
             for key, result in self._collect(busy):
                 yield from self._assemble(key, result)
