@@ -93,6 +93,19 @@ def test_executors_give_identical_features(tmp_path, monkeypatch, caplog, execut
         assert np.array_equal(ids, ref[name][0]) and np.array_equal(feats, ref[name][1])
 
 
+def test_blocks_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import workflow.extract as ex
+    monkeypatch.setattr(ex, "SHARED_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f"{ex.SHARED_PREFIX}{dead.pid}-00ff", f"{ex.SHARED_PREFIX}{os.getpid()}-00ff",
+             f"{ex.SHARED_PREFIX}junk", "psm_other"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    assert ex.remove_orphaned_blocks() == [names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
 def test_decoding_runs_in_processes_with_a_gpu_and_in_threads_without():
     from types import SimpleNamespace
     from workflow.extract import resolve_executor
@@ -167,21 +180,32 @@ def _extract_done(store: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_during_extract_then_resume_gives_bitwise_identical_features(tmp_path):
+@pytest.mark.parametrize("executor", ["auto", "process"])
+def test_sigkill_during_extract_then_resume_gives_bitwise_identical_features(tmp_path,
+                                                                             executor):
+    """Killed with its whole process group; with decoding processes, also that no
+    shared-memory block outlives the runs (the tracker that would unlink it dies too)."""
+    from workflow.extract import SHARED_DIR, SHARED_PREFIX
     store = _preprocessed(tmp_path, n=40, shard_size=5)
     args = ["--weights", "none", "--input-size", "64", "--batch-size", "4", "--workers", "1",
             "--no-progress"]
 
-    def cmd(s):
+    def cmd(s, executor="auto"):
         return [sys.executable, "-m", "workflow", "extract", "--store", str(s), "--scratch",
-                str(tmp_path / f"scratch-{s.name}"), *args]
+                str(tmp_path / f"scratch-{s.name}"), *args, "--executor", executor]
 
+    def blocks():
+        return {n for n in os.listdir(SHARED_DIR) if n.startswith(SHARED_PREFIX)} \
+            if os.path.isdir(SHARED_DIR) else set()
     ref = tmp_path / "ref"
     import shutil
     shutil.copytree(store, ref)
     assert subprocess.run(cmd(ref), cwd=ROOT, capture_output=True).returncode == 0
-    kills = kill_repeatedly(cmd(store), lambda: _extract_done(store), seed=7, delay=0.4)
+    before = blocks()
+    kills = kill_repeatedly(cmd(store, executor), lambda: _extract_done(store), seed=7,
+                            delay=0.4)
     assert kills >= 2
+    assert blocks() <= before
     got, want = _features(store), _features(ref)
     assert set(got) == set(want) and len(got) == 9
     for name in want:

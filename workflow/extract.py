@@ -187,6 +187,41 @@ def _attach_shared(name: str) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(name)
 
 
+# Names of our shared-memory blocks: the prefix, the creating process's pid, a random tag.
+SHARED_PREFIX = "image-workflow-extract-"
+SHARED_DIR = "/dev/shm"
+
+
+def remove_orphaned_blocks() -> list[str]:
+    """Unlink the blocks of extract runs whose process is gone. Python's resource tracker
+    unlinks a block when its creator dies, but a SIGKILL of the whole process group
+    (what a terminal, a notebook or a job scheduler sends) kills the tracker too, and
+    the block would stay in /dev/shm until reboot. Returns the names removed."""
+    try:
+        names = [n for n in os.listdir(SHARED_DIR) if n.startswith(SHARED_PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        try:
+            pid = int(name[len(SHARED_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+            continue  # its run is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue  # not ours to judge
+        try:
+            os.unlink(os.path.join(SHARED_DIR, name))
+            removed.append(name)
+        except OSError:
+            pass
+    if removed:
+        logger.info("extract: removed %d shared-memory block(s) left by killed runs",
+                    len(removed))
+    return removed
+
+
 def shared_memory_free() -> int | None:
     """Bytes free where shared memory lives (/dev/shm on Linux), None where unknown.
     Docker gives containers 64 MB there unless told otherwise; a block larger than what
@@ -206,7 +241,9 @@ class SharedBatches:
 
     def __init__(self, slots: int, bs: int, size: int):
         self.shape = (slots, bs, size, size, 3)
-        self.shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self.shape)))
+        self.shm = shared_memory.SharedMemory(
+            f"{SHARED_PREFIX}{os.getpid()}-{os.urandom(4).hex()}", create=True,
+            size=int(np.prod(self.shape)))
         self.arrays = np.ndarray(self.shape, np.uint8, buffer=self.shm.buf)
         self.free = list(range(slots))
 
@@ -366,6 +403,7 @@ class _ShardRunner:
             return
         slots, size = self.shared_slots(), self.embedder.input_size
         need = slots * self.bs * size * size * 3
+        remove_orphaned_blocks()  # before measuring the room: they take some
         free = shared_memory_free()
         if free is not None and free < need:
             logger.warning(
