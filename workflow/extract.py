@@ -148,16 +148,14 @@ class DecodeChunk:
 
     def __call__(self, job):
         jpegs, out = job if isinstance(job, tuple) else (job, None)
-        if isinstance(out, SharedSlice):
-            target = self._view(out)
-            for j, o in zip(jpegs, target):
-                model_input(j, self.size, o)
-            return len(jpegs)
-        if out is None:
+        shared = isinstance(out, SharedSlice)
+        if shared:
+            out = self._view(out)
+        elif out is None:
             out = np.empty((len(jpegs), self.size, self.size, 3), np.uint8)
         for j, o in zip(jpegs, out):
             model_input(j, self.size, o)
-        return out
+        return len(jpegs) if shared else out
 
     def _view(self, s: "SharedSlice") -> np.ndarray:
         if s.name not in self._attached:
@@ -227,7 +225,7 @@ def shared_memory_free() -> int | None:
     Docker gives containers 64 MB there unless told otherwise; a block larger than what
     is free is created all the same and kills its writer with SIGBUS later."""
     try:
-        st = os.statvfs("/dev/shm")
+        st = os.statvfs(SHARED_DIR)
     except (OSError, AttributeError):
         return None
     return st.f_bavail * st.f_frsize
@@ -236,16 +234,16 @@ def shared_memory_free() -> int | None:
 class SharedBatches:
     """Batch arrays in one shared-memory block, for decoding processes to write model
     input into: no decoded pixels are pickled, and the inference loop shares no GIL with
-    the decoding. `slots` batches of [bs, S, S, 3] uint8; `take` gives a free one,
+    the decoding. `shape` is [slots, bs, S, S, 3] (uint8); `take` gives a free batch,
     `release` returns it."""
 
-    def __init__(self, slots: int, bs: int, size: int):
-        self.shape = (slots, bs, size, size, 3)
+    def __init__(self, shape: tuple):
+        self.shape = shape
         self.shm = shared_memory.SharedMemory(
             f"{SHARED_PREFIX}{os.getpid()}-{os.urandom(4).hex()}", create=True,
             size=int(np.prod(self.shape)))
         self.arrays = np.ndarray(self.shape, np.uint8, buffer=self.shm.buf)
-        self.free = list(range(slots))
+        self.free = list(range(shape[0]))
 
     def take(self) -> int | None:
         """A free batch, or None while all are out."""
@@ -401,8 +399,9 @@ class _ShardRunner:
         if self.cfg.executor != "process":
             yield
             return
-        slots, size = self.shared_slots(), self.embedder.input_size
-        need = slots * self.bs * size * size * 3
+        size = self.embedder.input_size
+        shape = (self.shared_slots(), self.bs, size, size, 3)
+        need = int(np.prod(shape))
         remove_orphaned_blocks()  # before measuring the room: they take some
         free = shared_memory_free()
         if free is not None and free < need:
@@ -413,7 +412,7 @@ class _ShardRunner:
                 "--batch-size, or --executor thread", free / 2**20, need / 2**20)
             yield
             return
-        self.shared = SharedBatches(slots, self.bs, size)
+        self.shared = SharedBatches(shape)
         try:
             yield
         finally:
