@@ -50,7 +50,8 @@ figure as JSON to bench/out/e2e.json (--json).
 
     python bench/bench_e2e.py            # 20,000 images: ~20-25 min on 2 cores, ~1 GB of disk
     python bench/bench_e2e.py --quick    # 1,500 images: ~5 min
-    python bench/bench_e2e.py --model ../shared/assets/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
+    python bench/bench_e2e.py \
+        --model ../shared/assets/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
 """
 from __future__ import annotations
 
@@ -426,9 +427,9 @@ def decode_rates(store: Path, size: int, batch: int = 32, limit: int = 3000) -> 
     """Stored JPEGs -> model input in images/s: the extract stage's own decoding
     (DecodeChunk) in this process, and in its thread executor with 1 thread (the stage's
     default on 2 vCPUs: --workers = CPUs - 1) and 2: what feeds the model on a GPU."""
-    from workflow.executors import make_executor
-    from workflow.extract import DecodeChunk
-    from workflow.shards import read_image_shard
+    from workflow.execution.decoding import DecodeChunk
+    from workflow.execution.executors import make_executor
+    from workflow.formats.images import read_image_shard
     jpegs = []
     for path in sorted((store / "images").glob("shard-*.h5")):
         s = read_image_shard(str(path))
@@ -465,8 +466,8 @@ def cpu_snapshot() -> tuple[float, float, float]:
 
 def index_figures() -> tuple[dict, dict]:
     """Seconds of train, add, prefilter and evaluate at 2M, and where each comes from."""
-    seconds, source = dict(INDEX_2M_SECONDS), {k: "BENCHMARKS.md (2M x 1280)"
-                                               for k in INDEX_2M_SECONDS}
+    seconds = dict(INDEX_2M_SECONDS)
+    source = dict.fromkeys(INDEX_2M_SECONDS, "BENCHMARKS.md (2M x 1280)")
     for path in (REPO / "bench" / "out" / "index" / "index.json",
                  REPO / "bench" / "out" / "index.json"):
         if path.exists():
@@ -648,7 +649,7 @@ def report(meta: dict, corpus: dict, rows: dict, decode: dict, proj: list[dict],
     ev = rows["evaluate"]
     text += ["", f"Evaluation ({ev['own']['n']:,} x {ev['own']['d']}, {ev['own']['index']}, "
              f"{ev['items']:,} queries, target recall@10 {ev['own']['target_recall']}):", ""]
-    from workflow.evaluate import tuned_table
+    from workflow.report.evaluation import tuned_table
     text.append(tuned_table(ev["report"]))
     if ev["own"]["P@10"]:
         names = list(ev["own"]["P@10"])

@@ -50,8 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -177,7 +177,8 @@ def methods(xb: np.ndarray, xq: np.ndarray, k: int, flat: bool,
     its top-k ids ("ids", for the searches run here) and the CPU seconds of a child
     process ("child_cpu_s", for scikit-learn)."""
     import faiss
-    from workflow.search import exact_search, rerank_store_blocks
+
+    from workflow.index.knn import exact_search, rerank_store_blocks
     valid = np.ones(len(xb), bool)
     scores = np.empty((len(xq), len(xb)), np.float32)
     scores.fill(0)  # touch every page now, so the floor's timing holds no page faults
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return sklearn_child(a)
     if importlib.util.find_spec("sklearn") is None:
         raise SystemExit(SKLEARN_MISSING)
-    import workflow.search as search
+    import workflow.index.knn as search
     with tempfile.TemporaryDirectory(prefix="bench-exact-") as work:
         child = SklearnChild(a, Path(work))  # makes its vectors while this process does
         t0 = time.perf_counter()

@@ -38,14 +38,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow.execution.decoding import DecodeChunk  # noqa: E402
+from workflow.execution.executors import make_executor  # noqa: E402
+from workflow.formats.images import read_image_shard  # noqa: E402
+from workflow.models.loading import make_embedder  # noqa: E402
+from workflow.models.registry import (
+    ModelSpec,  # noqa: E402
+)
+from workflow.stages.extract import ExtractConfig, run  # noqa: E402
+from workflow.stages.preprocess import PreprocessConfig  # noqa: E402
+from workflow.stages.preprocess import run as preprocess
+from workflow.stages.status import reset_stage  # noqa: E402
+from workflow.storage.store import Store  # noqa: E402
 from workflow.utils import cpu_name  # noqa: E402
-from workflow.executors import make_executor  # noqa: E402
-from workflow.extract import DecodeChunk, ExtractConfig, make_embedder, run  # noqa: E402
-from workflow.models import ModelSpec  # noqa: E402
-from workflow.preprocess import PreprocessConfig, run as preprocess  # noqa: E402
-from workflow.shards import read_image_shard  # noqa: E402
-from workflow.stages import reset_stage  # noqa: E402
-from workflow.store import Store  # noqa: E402
 
 ASSETS = REPO.parent / "shared" / "assets"
 TFLITE = ASSETS / "models" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"

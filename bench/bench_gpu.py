@@ -51,13 +51,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.executors import make_executor  # noqa: E402
-from workflow.extract import DecodeChunk, ExtractConfig, make_embedder, run as extract  # noqa: E402
-from workflow.models import KERAS_APPS, ModelSpec  # noqa: E402
-from workflow.preprocess import PreprocessConfig, run as preprocess  # noqa: E402
-from workflow.shards import read_image_shard  # noqa: E402
-from workflow.stages import reset_stage  # noqa: E402
-from workflow.store import Store  # noqa: E402
+from workflow.execution.decoding import DecodeChunk  # noqa: E402
+from workflow.execution.executors import make_executor  # noqa: E402
+from workflow.formats.images import read_image_shard  # noqa: E402
+from workflow.models.loading import make_embedder  # noqa: E402
+from workflow.models.registry import (  # noqa: E402
+    KERAS_APPS,
+    ModelSpec,
+)
+from workflow.stages.extract import ExtractConfig  # noqa: E402
+from workflow.stages.extract import run as extract
+from workflow.stages.preprocess import PreprocessConfig  # noqa: E402
+from workflow.stages.preprocess import run as preprocess
+from workflow.stages.status import reset_stage  # noqa: E402
+from workflow.storage.store import Store  # noqa: E402
 from workflow.utils import cpu_name  # noqa: E402
 
 ASSETS = REPO.parent / "shared" / "assets" / "images"
@@ -129,7 +136,7 @@ def model_rates(embedders: dict, batches: list[np.ndarray], rounds: int) -> dict
     rates: dict[str, list[float]] = {k: [] for k in embedders}
     for e in embedders.values():
         e(batches[0])  # compile / warm up
-    for r in range(rounds):
+    for _r in range(rounds):
         for name, e in embedders.items():
             t = time.perf_counter()
             pending = None
@@ -223,7 +230,7 @@ def gpu_search(n_base: int, n_query: int, d: int, k: int, km_n: int, km_k: int,
         t = timed(lambda: faiss.knn_gpu(res, b, a, k, metric=faiss.METRIC_INNER_PRODUCT))
         rows.append({"what": "exact k-NN, faiss.knn_gpu (host arrays)", "shape": shape,
                      "seconds": t, "vs_floor": t / floor, "queries_per_s": n_query / t})
-    del xb, xq
+    xb = xq = None  # free the device memory (the closures above are done with them)
     # k-means: Lloyd iterations as Faiss runs them (GEMM for distances, argmin, means).
     x = unit(torch.randn(km_n, km_d, device=dev, generator=g))
     iters = 10
@@ -307,7 +314,7 @@ def main() -> None:
         pre_rate = a.n / (time.perf_counter() - t)
     else:
         pre_rate = float("nan")
-    from workflow.keras_models import gpu_available, select_backend
+    from workflow.models.keras import gpu_available, select_backend
     backend = select_backend()
     report = {"date": dt.date.today().isoformat(), "cpu": f"{cpu_name()}, {os.cpu_count()} "
               f"cores", "gpu": gpu_name(), "backend": backend, "gpu_visible": gpu_available(),

@@ -34,11 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from workflow.formats.features import write_feature_shard  # noqa: E402
+from workflow.formats.images import ImageShardWriter  # noqa: E402
+from workflow.formats.layout import shard_name  # noqa: E402
+from workflow.formats.plan import Plan, shard_bounds  # noqa: E402
+from workflow.storage.store import Store  # noqa: E402
 from workflow.utils import cpu_name  # noqa: E402
-from workflow.extract import write_feature_shard  # noqa: E402
-from workflow.plan import Plan, shard_bounds, shard_name  # noqa: E402
-from workflow.shards import ImageShardWriter  # noqa: E402
-from workflow.store import Store  # noqa: E402
 
 
 def vectors(lo: int, hi: int, d: int, seed: int, basis: np.ndarray, centers: np.ndarray):
@@ -104,7 +105,8 @@ def run_stage(name: str, store: Path, extra: list[str]) -> dict:
 def recall_check(store: Store, n: int, d: int, seed: int, nq: int = 200) -> dict:
     """recall@10 of IVF-PQ (+ exact re-rank of its top 100) against exact search."""
     import faiss
-    from workflow.add import load_index, load_rerank
+
+    from workflow.formats.index import load_index, load_rerank
     index, xb = load_index(store), load_rerank(store)
     rng = np.random.default_rng(seed + 1)
     qids = np.sort(rng.choice(n, nq, replace=False))

@@ -39,10 +39,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -143,7 +144,7 @@ def run_naive(paths: list[str]) -> None:
 
 
 def run_workflow(paths: list[str], opts) -> None:
-    from workflow.imaging import preprocess_image
+    from workflow.inputs.imaging import preprocess_image
     for p in paths:
         with open(p, "rb") as f:
             data = f.read()
@@ -154,7 +155,7 @@ def run_workflow(paths: list[str], opts) -> None:
 
 def run_pool(pool, datas: list[bytes]) -> None:
     """The images in chunks, as the stage hands them to its workers."""
-    from workflow.preprocess import chunked
+    from workflow.stages.preprocess import chunked
     n = 0
     for _, results in pool.imap_unordered(enumerate(chunked((d, "") for d in datas))):
         for r in results:
@@ -178,7 +179,7 @@ def stage_folder(paths: list[Path], work_dir: Path) -> Path:
 def run_stage(folder: Path, paths: list[Path], workers: int, work_dir: Path) -> None:
     """The whole preprocess stage over `folder` (holding `paths`), into a new store
     under `work_dir`."""
-    from workflow.preprocess import PreprocessConfig, run
+    from workflow.stages.preprocess import PreprocessConfig, run
     tmp = Path(tempfile.mkdtemp(prefix="store-", dir=work_dir))
     res = run(PreprocessConfig(store=str(tmp / "store"), sources=(str(folder),),
                                scratch=str(tmp / "scratch"), workers=workers,
@@ -194,7 +195,7 @@ def single_thread() -> None:
 
 def pool_failure(chunk, kind: str, message: str):
     """SupervisedPool's on_failure: a result that run_pool reports as an error."""
-    from workflow.imaging import ImageResult, Status
+    from workflow.inputs.imaging import ImageResult, Status
     status = Status.TIMEOUT if kind == "timeout" else Status.CRASHED
     return [ImageResult(int(status), f"{kind}: {message}", b"", 0, 0, "")]
 
@@ -203,7 +204,7 @@ def pool_failure(chunk, kind: str, message: str):
 
 def psnr_reduced_vs_full(paths: list[str], n: int = 4) -> float:
     """Mean PSNR (dB) of the workflow's output with vs without reduced decoding."""
-    from workflow.imaging import ImageOptions, preprocess_image
+    from workflow.inputs.imaging import ImageOptions, preprocess_image
     vals = []
     for p in paths[:n]:
         data = Path(p).read_bytes()
@@ -253,7 +254,7 @@ def measure(methods: dict[str, Method], rounds: int, chunk: int,
         n = len(methods[paired[0]].items) if paired else 0
         for c, lo in enumerate(range(0, n, chunk)):
             for k in paired[c % len(paired):] + paired[:c % len(paired)]:
-                wall, cpu = time_once(lambda m=methods[k]: m.fn(m.items[lo:lo + chunk]))
+                wall, cpu = time_once(lambda m=methods[k], lo=lo: m.fn(m.items[lo:lo + chunk]))
                 spent[k][0] += wall
                 spent[k][1] += cpu
         order = whole[r % len(whole):] + whole[:r % len(whole)] if whole else []
@@ -423,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if str(REPO) not in sys.path:  # the package lives beside bench/, and spawned pool
         sys.path.insert(0, str(REPO))  # workers inherit this path from the parent
-    from workflow.imaging import ImageOptions
-    from workflow.pool import SupervisedPool
-    from workflow.preprocess import ImageWorker
+    from workflow.execution.pool import SupervisedPool
+    from workflow.inputs.imaging import ImageOptions
+    from workflow.stages.preprocess import ImageWorker
 
     cv2.setNumThreads(1)
     out = args.out.resolve()

@@ -52,7 +52,7 @@ def stage(args: list[str], log: Path) -> tuple[float, float]:
 
 
 def tuned_rows(report: dict) -> list[str]:
-    from workflow.evaluate import tuned_table
+    from workflow.report.evaluation import tuned_table
     return tuned_table(report).splitlines()
 
 

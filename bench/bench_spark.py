@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_extract import image_store  # noqa: E402
+
+from workflow.stages.extract import ExtractConfig, run  # noqa: E402
+from workflow.stages.status import reset_stage  # noqa: E402
+from workflow.storage.store import Store  # noqa: E402
 from workflow.utils import cpu_name  # noqa: E402
-from workflow.extract import ExtractConfig, run  # noqa: E402
-from workflow.stages import reset_stage  # noqa: E402
-from workflow.store import Store  # noqa: E402
 
 
 def timed_run(store: Store, cfg: ExtractConfig) -> tuple[float, int]:

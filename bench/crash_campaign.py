@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from campaign import check_clean, compare_stores, crash_campaign  # noqa: E402
 from conftest import write_corpus  # noqa: E402
+
 from workflow.utils import cpu_name  # noqa: E402
 
 

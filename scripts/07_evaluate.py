@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Stage 7: recall of every search mode against exact search; tunes the search defaults. See --help."""
+"""Stage 7: recall of every search mode against exact search; tunes the search defaults.
+See --help."""
 import sys
 from pathlib import Path
 

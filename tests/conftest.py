@@ -6,8 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import h5py
@@ -112,9 +112,10 @@ def structured_vectors(n: int, d: int, seed: int = 0, clusters: int = 20) -> np.
 def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 100) -> Path:
     """A store whose preprocess stage ran on n tiny images and whose extract stage holds
     structured synthetic features (row = id), committed as the extract stage does."""
-    from workflow.extract import STAGE, write_feature_shard
-    from workflow.preprocess import PreprocessConfig, run
-    from workflow.store import Store
+    from workflow.formats.features import write_feature_shard
+    from workflow.stages.extract import STAGE
+    from workflow.stages.preprocess import PreprocessConfig, run
+    from workflow.storage.store import Store
     write_corpus(tmp_path / "tiny", n, size=(16, 16))
     store_path = tmp_path / "store"
     run(PreprocessConfig(store=str(store_path), sources=(str(tmp_path / "tiny"),),
@@ -138,7 +139,7 @@ def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 1
 
 def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 200) -> Path:
     """`feature_store` carried through the train, add and prefilter stages."""
-    from workflow import add, prefilter, train
+    from workflow.stages import add, prefilter, train
     store = feature_store(tmp_path, n=n, d=d, shard_size=shard_size)
     train.run(train.TrainConfig(store=str(store), progress=False))
     add.run(add.AddConfig(store=str(store), progress=False))

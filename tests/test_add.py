@@ -6,12 +6,14 @@ import sys
 import faiss
 import numpy as np
 import pytest
-
 from conftest import ROOT, feature_store, kill_repeatedly, structured_vectors
-from workflow.add import AddConfig, load_index, load_rerank, run
+
 from workflow.errors import FingerprintMismatch, WorkflowError
-from workflow.store import Store
-from workflow.train import TrainConfig, run as train
+from workflow.formats.index import load_index, load_rerank
+from workflow.stages.add import AddConfig, run
+from workflow.stages.train import TrainConfig
+from workflow.stages.train import run as train
+from workflow.storage.store import Store
 
 
 def _trained(tmp_path, **kw):
@@ -76,5 +78,5 @@ def test_sigkill_during_add_then_resume_gives_the_same_index(tmp_path):
 @pytest.mark.parametrize("ids, runs", [([3, 4, 5, 9, 10, 12], [(0, 3), (3, 5), (5, 6)]),
                                        ([7], [(0, 1)]), ([], [])])
 def test_runs_of_consecutive_ids(ids, runs):
-    from workflow.add import _runs
+    from workflow.formats.index import runs as _runs
     assert _runs(np.array(ids, dtype=np.int64)) == runs

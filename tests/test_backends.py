@@ -19,8 +19,8 @@ SCRIPT = r"""
 import json, sys
 import keras
 import numpy as np
-from workflow.keras_models import KerasEmbedder, select_backend
-from workflow.models import ModelSpec, apply_preprocessing
+from workflow.models.keras import KerasEmbedder, select_backend
+from workflow.models.registry import ModelSpec, apply_preprocessing
 
 spec = ModelSpec("mobilenetv3-small", "none", input_size=64, preprocessing="tf")
 e = KerasEmbedder(spec, mixed_precision=False)

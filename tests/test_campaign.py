@@ -1,7 +1,6 @@
 """The whole workflow under SIGKILL: a short crash campaign on every run (the long one,
 30 kills or more, is `python bench/crash_campaign.py`)."""
 import pytest
-
 from campaign import check_clean, compare_stores, crash_campaign
 from conftest import write_corpus
 

@@ -1,8 +1,16 @@
 import pytest
 
-from workflow.estimate import (choose_annoy_trees, choose_nlist, choose_opq, choose_pq_bits, choose_pq_m,
-                               choose_train_size, estimate_index_bytes, plan_index,
-                               pq_candidates)
+from workflow.index.estimate import (
+    choose_annoy_trees,
+    choose_nlist,
+    choose_opq,
+    choose_pq_bits,
+    choose_pq_m,
+    choose_train_size,
+    estimate_index_bytes,
+    plan_index,
+    pq_candidates,
+)
 
 GiB = 1 << 30
 

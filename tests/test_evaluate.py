@@ -5,13 +5,20 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, indexed_store, kill_repeatedly
-from workflow.evaluate import (EvaluateConfig, class_label, labelled, merge_topk,
-                               precision_by_class, recall_at, run, sample_query_ids,
-                               sweep_grid, tie_aware_recall, tune)
-from workflow.search import Searcher
-from workflow.store import Store
+
+from workflow.index.knn import merge_topk
+from workflow.index.metrics import (
+    class_label,
+    labelled,
+    precision_by_class,
+    recall_at,
+    tie_aware_recall,
+)
+from workflow.search.measure import sample_query_ids, sweep_grid, tune
+from workflow.search.searcher import Searcher
+from workflow.stages.evaluate import EvaluateConfig, run
+from workflow.storage.store import Store
 
 
 def test_recall_at_k_by_hand():
@@ -195,7 +202,7 @@ def test_max_minutes_stops_the_evaluation_and_a_rerun_finishes_it(tmp_path):
 def test_flowers12_hierarchical_precision_matches_exact_search(tmp_path, shared_assets):
     """flowers12 through every stage with the TFLite MobileNet; precision@10 of the
     hierarchical search within 0.01 of exact search."""
-    from workflow import add, extract, prefilter, preprocess, train
+    from workflow.stages import add, extract, prefilter, preprocess, train
     store = str(tmp_path / "store")
     preprocess.run(preprocess.PreprocessConfig(
         store=store, progress=False, shard_size=250,

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, jpeg_bytes, kill_repeatedly, write_corpus
+
 from workflow.errors import FingerprintMismatch, WorkflowError
-from workflow.extract import ExtractConfig, QueryEmbedder, read_feature_shard, run
-from workflow.models import ModelSpec
-from workflow.preprocess import PreprocessConfig, run as preprocess
-from workflow.shards import read_image_shard
-from workflow.store import Store
+from workflow.formats.features import read_feature_shard
+from workflow.formats.images import read_image_shard
+from workflow.models.registry import ModelSpec
+from workflow.search.query import QueryEmbedder
+from workflow.stages.extract import ExtractConfig, run
+from workflow.stages.preprocess import PreprocessConfig
+from workflow.stages.preprocess import run as preprocess
+from workflow.storage.store import Store
 
 SMALL = dict(weights="none", input_size=64, batch_size=4, workers=1, progress=False)
 
@@ -68,9 +71,9 @@ def _shared_blocks() -> set[str]:
 ])
 def test_executors_give_identical_features(tmp_path, monkeypatch, caplog, executor, n,
                                            shard_size, extra):
-    import workflow.extract as ex
+    import workflow.execution.decoding as ex
     if executor == "process-2-slots":
-        monkeypatch.setattr(ex._ShardRunner, "shared_slots", lambda self: 2)
+        monkeypatch.setattr(ex.DecodePipeline, "shared_slots", lambda self: 2)
     if executor == "process-no-shm":
         monkeypatch.setattr(ex, "shared_memory_free", lambda: 100 << 10)
         monkeypatch.setattr(ex, "SharedBatches", None)  # must not be used
@@ -94,7 +97,7 @@ def test_executors_give_identical_features(tmp_path, monkeypatch, caplog, execut
 
 
 def test_blocks_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
-    import workflow.extract as ex
+    import workflow.execution.shared_batches as ex
     monkeypatch.setattr(ex, "SHARED_DIR", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -108,7 +111,8 @@ def test_blocks_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypa
 
 def test_decoding_runs_in_processes_with_a_gpu_and_in_threads_without():
     from types import SimpleNamespace
-    from workflow.extract import resolve_executor
+
+    from workflow.stages.extract import resolve_executor
     cfg = ExtractConfig(store="s")
     assert cfg.executor == "auto"
     assert resolve_executor(cfg, SimpleNamespace(on_gpu=True)).executor == "process"
@@ -168,8 +172,8 @@ def test_offline_imagenet_names_the_remedies(monkeypatch):
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network, raising=False)
     monkeypatch.setattr("keras.src.applications.efficientnet.file_utils.get_file", no_network,
                         raising=False)
-    from workflow.keras_models import KerasEmbedder
-    from workflow.models import OfflineWeightsError
+    from workflow.models.keras import KerasEmbedder
+    from workflow.models.registry import OfflineWeightsError
     with pytest.raises(OfflineWeightsError, match="--weights PATH.*--weights none"):
         KerasEmbedder(ModelSpec(input_size=64))
 
@@ -185,7 +189,7 @@ def test_sigkill_during_extract_then_resume_gives_bitwise_identical_features(tmp
                                                                              executor):
     """Killed with its whole process group; with decoding processes, also that no
     shared-memory block outlives the runs (the tracker that would unlink it dies too)."""
-    from workflow.extract import SHARED_DIR, SHARED_PREFIX
+    from workflow.execution.shared_batches import SHARED_DIR, SHARED_PREFIX
     store = _preprocessed(tmp_path, n=40, shard_size=5)
     args = ["--weights", "none", "--input-size", "64", "--batch-size", "4", "--workers", "1",
             "--no-progress"]
@@ -220,7 +224,7 @@ def test_sigkill_during_extract_then_resume_gives_bitwise_identical_features(tmp
     ("mobilenet_v2_1.0_224_quant.tflite", "MobilenetV2/Logits/AvgPool", 0.652)])
 def test_tflite_models_through_the_stages_reproduce_flowers12_quality(
         tmp_path, shared_assets, model, tensor, ref_map):
-    from workflow.retrieval_metrics import retrieval_map
+    from retrieval_metrics import retrieval_map
     store = tmp_path / "store"
     preprocess(PreprocessConfig(store=str(store), progress=False, shard_size=500,
                                 sources=(str(shared_assets / "images" / "flowers12"),)))
@@ -270,7 +274,7 @@ def test_a_saved_keras_model_gives_the_same_features_on_another_backend(tmp_path
 
 
 def test_xla_compiled_model_gives_the_same_features():
-    from workflow.keras_models import KerasEmbedder
+    from workflow.models.keras import KerasEmbedder
     x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     plain = KerasEmbedder(ModelSpec(weights="none", input_size=64))
     xla = KerasEmbedder(ModelSpec(weights="none", input_size=64), xla=True)
@@ -281,7 +285,7 @@ def test_xla_compiled_model_gives_the_same_features():
 @pytest.mark.parametrize("name, prep", [("resnet50", "caffe"), ("mobilenetv3-small", "raw"),
                                         ("efficientnetv2-b0", "raw")])
 def test_other_keras_applications_build_and_embed(name, prep):
-    from workflow.keras_models import KerasEmbedder
+    from workflow.models.keras import KerasEmbedder
     e = KerasEmbedder(ModelSpec(name, "none", input_size=64))
     x = np.random.default_rng(1).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     y = e(x)
@@ -290,7 +294,8 @@ def test_other_keras_applications_build_and_embed(name, prep):
 
 def test_a_savedmodel_folder_can_be_the_model(tmp_path):
     import keras
-    from workflow.keras_models import KerasEmbedder
+
+    from workflow.models.keras import KerasEmbedder
     inp = keras.Input((32, 32, 3))
     out = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inp))
     model = keras.Model(inp, out)
@@ -305,7 +310,8 @@ def test_a_savedmodel_folder_can_be_the_model(tmp_path):
 
 def test_weights_from_a_local_file(tmp_path):
     import keras
-    from workflow.keras_models import KerasEmbedder
+
+    from workflow.models.keras import KerasEmbedder
     keras.utils.set_random_seed(5)
     src = keras.applications.EfficientNetB0(include_top=False, weights=None, pooling="avg",
                                             input_shape=(64, 64, 3))

@@ -4,11 +4,11 @@ run's."""
 import logging
 
 import pytest
-
 from campaign import check_clean, compare_stores, reference_run
 from conftest import write_corpus
 from flaky import register
-from workflow import add, evaluate, extract, preprocess, prefilter, train
+
+from workflow.stages import add, evaluate, extract, prefilter, preprocess, train
 
 
 def run_all_stages(store: str, corpus, scratch) -> None:

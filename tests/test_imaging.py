@@ -1,11 +1,19 @@
 import cv2
 import numpy as np
 import pytest
-
 from conftest import jpeg_bytes
+
 from workflow.demo import exif_rotated_jpeg, make_bad_inputs
-from workflow.imaging import (ImageOptions, Status, apply_orientation, exif_orientation,
-                              jpeg_is_complete, preprocess_image, reduction_factor, sniff)
+from workflow.inputs.imaging import (
+    ImageOptions,
+    Status,
+    apply_orientation,
+    exif_orientation,
+    jpeg_is_complete,
+    preprocess_image,
+    reduction_factor,
+    sniff,
+)
 
 OPTS = ImageOptions(image_size=64)
 
@@ -100,8 +108,9 @@ def test_truncation_and_size_guards():
 
 
 def test_hostile_inputs_get_their_status_and_usable_outputs(tmp_path):
-    from workflow.demo import make_hostile_inputs
-    from workflow.imaging import model_input
+    from hostile import make_hostile_inputs
+
+    from workflow.inputs.imaging import model_input
     expected = make_hostile_inputs(tmp_path)
     assert len(expected) >= 30 and len(set(expected.values())) == 6
     for name, kind in expected.items():

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from workflow.errors import LeaseError
-from workflow.lease import Lease, read_leases
-from workflow.store import Store
+from workflow.storage.lease import Lease, read_leases
+from workflow.storage.store import Store
 
 
 @pytest.fixture
@@ -74,6 +74,7 @@ def test_a_stage_started_while_another_run_holds_it(tmp_path):
     --wait-minutes, waiting until the holder finishes and then doing the work."""
     import os
     import threading
+
     from conftest import ROOT, feature_store
     store_path = feature_store(tmp_path, n=300, d=32, shard_size=100)
     holder = Lease(Store(store_path), "train", heartbeat=0.5).acquire()

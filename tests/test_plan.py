@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from workflow.plan import Plan, make_plan, shard_bounds, shard_name, source_prefixes
-from workflow.sources import Entry, Source
+from workflow.formats.layout import shard_name
+from workflow.formats.plan import Plan, make_plan, shard_bounds, source_prefixes
+from workflow.inputs.sources import Entry, Source
 
 
 @pytest.mark.parametrize("n, size, expected", [

@@ -1,8 +1,8 @@
 import pytest
-
 from hostile import square
+
 from workflow.errors import ConfigError
-from workflow.executors import make_executor
+from workflow.execution.executors import make_executor
 
 
 def _failure(payload, kind, message):
@@ -33,7 +33,8 @@ def test_unknown_executor_is_refused():
 
 def test_workers_that_always_die_stop_the_run_instead_of_failing_every_item():
     from hostile import always_crash
-    from workflow.pool import PoolBroken
+
+    from workflow.execution.pool import PoolBroken
     with pytest.raises(PoolBroken, match="in a row died"):
         with make_executor("process", always_crash, 2, 30, _failure) as ex:
             list(ex.imap_unordered(enumerate(range(100))))
@@ -56,7 +57,7 @@ def test_chunks_with_a_bad_item_are_split_and_only_it_is_lost():
 def test_a_paused_job_iterator_is_asked_again_while_results_still_come_in():
     """A consumer that frees room only on receiving results: with PAUSE the pool keeps
     collecting instead of stalling (blocking in the iterator would deadlock)."""
-    from workflow.pool import PAUSE
+    from workflow.execution.pool import PAUSE
     room = [2]  # jobs that may be out before a result is taken
     got = {}
 
@@ -75,7 +76,8 @@ def test_a_paused_job_iterator_is_asked_again_while_results_still_come_in():
 
 def test_a_pause_with_nothing_out_polls_until_the_iterator_goes_on():
     import threading
-    from workflow.pool import PAUSE
+
+    from workflow.execution.pool import PAUSE
     go = threading.Event()
     threading.Timer(0.2, go.set).start()
 

@@ -5,12 +5,15 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, feature_store, kill_during, structured_vectors
+
 from workflow.errors import WorkflowError
-from workflow.prefilter import PrefilterConfig, load_prefilter, run
-from workflow.store import Store
-from workflow.train import TrainConfig, load_trained, run as train
+from workflow.formats.index import load_trained
+from workflow.formats.prefilter import load_prefilter
+from workflow.stages.prefilter import PrefilterConfig, run
+from workflow.stages.train import TrainConfig
+from workflow.stages.train import run as train
+from workflow.storage.store import Store
 
 
 def _trained(tmp_path, **kw):

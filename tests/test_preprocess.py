@@ -7,14 +7,14 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-
 from conftest import ROOT, jpeg_bytes, kill_repeatedly, write_corpus
 from hostile import HostileImageWorker
+
 from workflow.demo import make_bad_inputs
 from workflow.errors import ConfigError, FingerprintMismatch
-from workflow.preprocess import PreprocessConfig, run, skip_ids
-from workflow.shards import read_image_shard
-from workflow.store import Store
+from workflow.formats.images import read_image_shard, skip_ids
+from workflow.stages.preprocess import PreprocessConfig, run
+from workflow.storage.store import Store
 
 
 def _cfg(store, sources, tmp_path, **kw):
@@ -170,7 +170,8 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_files(tmp_path):
 
 def test_workers_dying_on_everything_stop_the_stage_and_save_nothing(tmp_path):
     from hostile import BrokenEnvironmentWorker
-    from workflow.pool import PoolBroken
+
+    from workflow.execution.pool import PoolBroken
     write_corpus(tmp_path / "src", 30)
     cfg = _cfg(tmp_path / "store", [tmp_path / "src"], tmp_path, shard_size=30)
     with pytest.raises(PoolBroken, match="__main__"):
@@ -184,7 +185,8 @@ def test_hostile_files_and_names_never_stop_the_stage(tmp_path):
     not UTF-8, a folder named like an image, a symlink loop, a dangling symlink, a file
     without read permission."""
     import json
-    from workflow.demo import make_hostile_inputs
+
+    from hostile import make_hostile_inputs
     src = tmp_path / "src"
     kinds = make_hostile_inputs(src / "zoo")
     (src / "odd").mkdir()
@@ -218,8 +220,9 @@ def test_hostile_files_and_names_never_stop_the_stage(tmp_path):
 def test_fuzzed_images_never_crash_or_hang_the_stage(tmp_path):
     """300 seeded mutations of real JPEG and PNG files (flipped bits, cut or inserted
     bytes, damaged headers): every one ends with a status, and a reason when it failed."""
-    import cv2
     import json
+
+    import cv2
     rng = np.random.default_rng(42)
     seeds = [jpeg_bytes(96, 72, seed=s) for s in range(5)]
     seeds.append(cv2.imencode(".png", cv2.imdecode(np.frombuffer(seeds[0], np.uint8), 1))[1]

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import ROOT
 
 
@@ -56,7 +55,9 @@ def test_the_main_job_runs_every_available_stage_on_the_demo_corpus(tmp_path):
 
 def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch, caplog):
     import errno
-    from workflow import cli, preprocess
+
+    from workflow import cli
+    from workflow.stages import preprocess
 
     def full(cfg):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s" / "x.h5"))

@@ -5,12 +5,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ROOT, indexed_store, structured_vectors
+
 from workflow.errors import ConfigError, WorkflowError
-from workflow.gallery import write_results_page
-from workflow.search import (MODES, QueryCache, SearchParams, Searcher, drop_ids,
-                             exact_search, rerank)
+from workflow.index.knn import drop_ids, exact_search, rerank
+from workflow.report.gallery import write_results_page
+from workflow.search.cache import QueryCache
+from workflow.search.modes import MODES, SearchParams
+from workflow.search.searcher import Searcher
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_corpus
 
 pytest.importorskip("pyspark", reason="PySpark is not installed "
@@ -14,9 +13,9 @@ if shutil.which("java") is None:
     pytest.skip("Java is not installed (PySpark's local mode needs Java 17)",
                 allow_module_level=True)
 
-from workflow import add, extract, preprocess, train  # noqa: E402
 from workflow.errors import WorkflowError  # noqa: E402
-from workflow.executors import map_shards  # noqa: E402
+from workflow.execution.shards import map_shards  # noqa: E402
+from workflow.stages import add, extract, preprocess, train  # noqa: E402
 
 EXTRACT_EXECUTOR = {"local": "local", "process": "process", "spark": "spark"}
 OUTPUTS = ("images", "features", "index")

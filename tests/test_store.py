@@ -2,11 +2,11 @@ import json
 import os
 
 import fsspec
-from fsspec.implementations.memory import MemoryFileSystem
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from workflow.errors import CorruptFile, FingerprintMismatch, StoreError
-from workflow.store import DONE_DIR, Store
+from workflow.storage.store import DONE_DIR, Store
 from workflow.utils import retry_io
 
 

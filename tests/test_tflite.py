@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retrieval_metrics import l2_normalize, precision_at_1, retrieval_map
 
 from workflow.errors import ConfigError
-from workflow.imaging import model_input
-from workflow.models import ModelSpec, apply_preprocessing
-from workflow.retrieval_metrics import l2_normalize, precision_at_1, retrieval_map
+from workflow.inputs.imaging import model_input
+from workflow.models.registry import ModelSpec, apply_preprocessing
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 FLOWERS = ASSETS / "images" / "flowers12"
@@ -39,7 +39,7 @@ def assets() -> Path:
 
 @pytest.fixture(scope="module")
 def embedders(assets):
-    from workflow.tflite import TFLiteEmbedder
+    from workflow.models.tflite import TFLiteEmbedder
     return {key: TFLiteEmbedder(_spec(key)) for key in MODELS}
 
 
@@ -56,7 +56,7 @@ def flowers(assets):
 
 @pytest.mark.parametrize("key", list(MODELS))
 def test_shipped_models_load(embedders, key):
-    from workflow.tflite import interpreter_class
+    from workflow.models.tflite import interpreter_class
     fname, tensor, dim, *_ = MODELS[key]
     e = embedders[key]
     assert e.input_size == 224 and e.dim == dim and e.batch_size_limit is None
@@ -87,7 +87,7 @@ def test_v1_output_dequantised_with_its_own_params(embedders, flowers):
 
 
 def test_bad_tensor_name_lists_close_names(assets):
-    from workflow.tflite import TFLiteEmbedder
+    from workflow.models.tflite import TFLiteEmbedder
     with pytest.raises(ConfigError) as exc:
         TFLiteEmbedder(ModelSpec(model=_spec("v2").model,
                                  embedding_tensor="MobilenetV2/Logits/AvgPol"))
@@ -97,7 +97,7 @@ def test_bad_tensor_name_lists_close_names(assets):
 
 
 def test_missing_file_and_wrong_input_size(assets, tmp_path):
-    from workflow.tflite import TFLiteEmbedder
+    from workflow.models.tflite import TFLiteEmbedder
     missing = tmp_path / "nope.tflite"
     with pytest.raises(ConfigError, match="nope.tflite"):
         TFLiteEmbedder(ModelSpec(model=str(missing)))
@@ -158,7 +158,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_float_model_dynamic_batch_and_preprocessing(synthetic):
-    from workflow.tflite import TFLiteEmbedder
+    from workflow.models.tflite import TFLiteEmbedder
     paths, f = synthetic
     x = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     for pooling, pool in (("avg", np.mean), ("max", np.max)):
@@ -175,7 +175,7 @@ def test_float_model_dynamic_batch_and_preprocessing(synthetic):
 def test_int8_model_matches_float_model(synthetic):
     """int8 input: pixels - 128 with the input's (scale, zero_point) ~ the float model fed
     x / 127.5 - 1; the int8 output is dequantised with its own parameters."""
-    from workflow.tflite import TFLiteEmbedder
+    from workflow.models.tflite import TFLiteEmbedder
     paths, _ = synthetic
     x = np.random.default_rng(2).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     e8 = TFLiteEmbedder(ModelSpec(model=str(paths["int8"])))

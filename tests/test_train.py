@@ -5,12 +5,13 @@ import time
 import faiss
 import numpy as np
 import pytest
-
 from conftest import ROOT, feature_store, kill_during, structured_vectors
+
 from workflow.errors import ConfigError, WorkflowError
-from workflow.store import Store
-from workflow.train import (TrainConfig, allocate, draw_sample, feature_markers,
-                            load_trained, run)
+from workflow.formats.features import feature_markers
+from workflow.formats.index import load_trained
+from workflow.stages.train import TrainConfig, allocate, draw_sample, run
+from workflow.storage.store import Store
 
 
 @pytest.mark.parametrize("sizes, total, expected", [
@@ -41,11 +42,13 @@ def test_train_writes_a_trained_index_and_pca_and_is_not_redone(tmp_path, caplog
     assert res.complete and res.n == 300 and res.d == 32
     assert any("IVF" in r.message and "trained on" in r.message for r in caplog.records)
     index, pca = load_trained(Store(store_path))
-    assert index.is_trained and index.ntotal == 0 and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert index.is_trained and index.ntotal == 0
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
     assert pca.d_in == 32 and pca.d_out == 32
     first = (store_path / "trained" / "index.faiss").read_bytes()
     again = run(TrainConfig(store=str(store_path), progress=False))
-    assert again.seconds < res.seconds and (store_path / "trained" / "index.faiss").read_bytes() == first
+    assert again.seconds < res.seconds
+    assert (store_path / "trained" / "index.faiss").read_bytes() == first
 
 
 def test_index_factory_override_and_errors(tmp_path):

@@ -5,7 +5,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -21,7 +22,7 @@ class Timeit(contextlib.ContextDecorator):
     def __init__(self, what: str, level: int = logging.DEBUG):
         self.what, self.level, self.seconds = what, level, 0.0
 
-    def __enter__(self) -> "Timeit":
+    def __enter__(self) -> Timeit:
         self._t0 = time.perf_counter()
         return self
 

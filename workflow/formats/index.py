@@ -1,0 +1,96 @@
+"""Index files: the trained index and PCA (`trained/`), the index parts, the merged index
+with its optional on-disk inverted lists, and the float16 re-rank store (`index/`).
+
+- `trained/index.faiss`, `trained/pca.faiss`: Faiss's own serialisation.
+- `index/parts/shard-NNNNN.faiss`: the trained index filled with one feature shard.
+- `index/index.faiss` (+ `index/index.ivfdata` with on-disk inverted lists).
+- `index/rerank.npy`: every feature as float16, row = id (zeros for ids without one),
+  a plain `.npy` file, memory-mappable.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import WorkflowError
+from ..storage.store import Store
+from .layout import ADD, TRAIN
+
+
+def write_trained(index: faiss.Index, pca: faiss.VectorTransform, folder: Path) -> None:
+    """`index.faiss` and `pca.faiss` in a local folder, to be committed to `trained/`."""
+    faiss.write_VectorTransform(pca, str(folder / "pca.faiss"))
+    faiss.write_index(index, str(folder / "index.faiss"))
+
+
+def load_trained(store: Store) -> tuple[faiss.Index, faiss.VectorTransform]:
+    """The trained empty index and the PCA, staged in from the store and verified."""
+    out = []
+    for unit, reader in (("index", faiss.read_index), ("pca", faiss.read_VectorTransform)):
+        m = store.marker(TRAIN, unit)
+        if m is None:
+            raise WorkflowError(f"{store.url} has no trained index; run scripts/03_train.py")
+        out.append(reader(str(store.fetch(m, store.scratch / TRAIN / f"{unit}.faiss"))))
+    return out[0], out[1]
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    """An index part or the merged index, in Faiss's serialisation."""
+    faiss.write_index(index, str(path))
+
+
+def read_index(path: str) -> faiss.Index:
+    return faiss.read_index(path)
+
+
+def load_index(store: Store) -> faiss.Index:
+    """The merged index, staged in (with its on-disk inverted lists, memory-mapped)."""
+    m = store.marker(ADD, "index")
+    if m is None:
+        raise WorkflowError(f"{store.url} has no filled index; run scripts/04_add.py")
+    folder = store.scratch / ADD / "final"
+    path = store.fetch(m, folder / "index.faiss")
+    if m.extra.get("on_disk"):
+        store.fetch(store.marker(ADD, "ivfdata"), folder / "index.ivfdata")
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return faiss.read_index(str(path))
+
+
+def write_rerank_store(path: Path, n_ids: int, d: int,
+                       shards: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The re-rank store from (ids, features) shards: a float16 `.npy` [n_ids, d].
+
+    Rows are written with plain file writes (runs of consecutive ids at once), not
+    through a memory map, so the writer's memory does not grow with N."""
+    row = d * 2
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.dtype(np.float16).str,
+                                                   "fortran_order": False,
+                                                   "shape": (n_ids, d)})
+        start = out.tell()
+        out.truncate(start + n_ids * row)  # rows without a feature stay zero
+        for ids, x in shards:
+            for lo, hi in runs(ids):
+                out.seek(start + int(ids[lo]) * row)
+                out.write(np.ascontiguousarray(x[lo:hi], np.float16).tobytes())
+
+
+def runs(ids: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) index ranges of ids that are consecutive integers."""
+    if len(ids) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    edges = [0, *breaks.tolist(), len(ids)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def load_rerank(store: Store) -> np.ndarray:
+    """The float16 re-rank store, memory-mapped from local disk."""
+    m = store.marker(ADD, "rerank")
+    if m is None:
+        raise WorkflowError(f"{store.url} has no re-rank store; run scripts/04_add.py")
+    return np.load(store.fetch(m, store.scratch / ADD / "final" / "rerank.npy"),
+                   mmap_mode="r")

@@ -1,0 +1,1 @@
+"""Index mechanics without I/O: estimators, the numeric kNN core, retrieval metrics."""

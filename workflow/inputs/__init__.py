@@ -1,0 +1,1 @@
+"""What comes in: source listing and reading (`sources`), per-image work (`imaging`)."""

@@ -1,0 +1,2 @@
+"""Embedding models: the registry and conventions, Keras applications and user models,
+TFLite files."""

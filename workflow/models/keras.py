@@ -1,0 +1,224 @@
+"""Keras 3 models on any backend (TensorFlow by default; JAX or PyTorch where TF is absent).
+
+Only `select_backend`, `gpu_available` and the `_compile` functions know about backends.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+
+import numpy as np
+
+from ..errors import ConfigError, WorkflowError
+from .registry import (
+    KERAS_APPS,
+    Embedder,
+    ModelSpec,
+    OfflineWeightsError,
+    apply_preprocessing,
+    global_pool,
+    sha256_of_path,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def select_backend() -> str:
+    """The Keras backend: $KERAS_BACKEND, else the first installed of TF, JAX, PyTorch."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    for name, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
+        if importlib.util.find_spec(module) is not None:
+            os.environ["KERAS_BACKEND"] = name
+            return name
+    raise WorkflowError("Keras needs a backend: pip install tensorflow (or jax, or torch)")
+
+
+def gpu_available() -> bool:
+    backend = select_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+        return torch.cuda.is_available()
+    return False
+
+
+def _compile(model, xla: bool, preprocessing: str):
+    """uint8 batch -> model output (a backend array, possibly still being computed).
+
+    TensorFlow: preprocessing in NumPy, then the model, XLA-compiled where asked. JAX:
+    preprocessing and model in one jitted function of the uint8 batch, so only uint8
+    pixels cross to the device and calls return before the device has finished; batch
+    sizes are padded up (to the largest batch yet) so that few shapes are compiled. PyTorch:
+    preprocessing on the device, the model eagerly without autograd."""
+    backend = select_backend()
+    if xla and backend != "tensorflow":
+        logger.warning("--xla applies to the TensorFlow backend only; ignored")
+    if backend == "jax":
+        return _compile_jax(model, preprocessing)
+    if backend == "torch":
+        import torch
+
+        def infer_torch(x):
+            with torch.no_grad():
+                t = torch.from_numpy(x)
+                if torch.cuda.is_available():
+                    t = t.pin_memory().to("cuda", non_blocking=True)
+                return model(_preprocess_ops(t, preprocessing), training=False)
+        return infer_torch
+
+    def infer(x):
+        return model(apply_preprocessing(x, preprocessing), training=False)
+    if not xla:
+        return infer
+    import tensorflow as tf
+    jitted = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    return lambda x: jitted(apply_preprocessing(x, preprocessing))
+
+
+def _preprocess_ops(x, mode: str):
+    """`apply_preprocessing` in keras.ops, on whatever device x lives."""
+    import keras
+    return apply_preprocessing(x, mode, keras.ops)
+
+
+def _compile_jax(model, preprocessing: str):
+    import jax
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def run(trainable, frozen, x):
+        y, _ = model.stateless_call(trainable, frozen, _preprocess_ops(x, preprocessing),
+                                    training=False)
+        return y
+
+    largest = [0]
+
+    def infer(x):
+        n = len(x)  # padded to the largest batch yet, else a power of two: few compiles
+        padded = max(largest[0], 1 << max(0, (n - 1).bit_length()))
+        largest[0] = max(largest[0], padded)
+        if padded != n:
+            x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
+        y = run(trainable, frozen, jax.device_put(x))  # returns while copying
+        return jax.tree_util.tree_map(lambda a: a[:n], y) if padded != n else y
+    return infer
+
+
+def _to_numpy(y) -> np.ndarray:
+    import keras
+    if isinstance(y, dict):
+        y = next(iter(y.values()))
+    return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)
+
+
+def weights_digest(model) -> str:
+    import keras
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w.value)))
+    return h.hexdigest()[:16]
+
+
+OFFLINE_HELP = (
+    "the ImageNet weights of {name} could not be downloaded ({error}). Remedies: run once "
+    "where the internet is reachable (Keras caches the file in ~/.keras/models/) or copy "
+    "the file there; or pass --weights PATH to a local weights file (the 'notop' .h5 of "
+    "this model); or, for tests only, --weights none (random weights: retrieval quality "
+    "will be meaningless).")
+
+
+class KerasEmbedder(Embedder):
+    """A Keras application (without its classifier) or a user's Keras/SavedModel model."""
+
+    def __init__(self, spec: ModelSpec, mixed_precision: bool = False, xla: bool = False):
+        backend = select_backend()
+        self.on_gpu = gpu_available()
+        import keras
+        keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision
+                                                else "float32")
+        keras.utils.set_random_seed(spec.seed)
+        self.spec = spec
+        if spec.model in KERAS_APPS:
+            self.model, native, default_prep = self._build_app(keras, spec)
+        else:
+            self.model, native, default_prep = self._load_file(keras, spec)
+        self.preprocessing = spec.preprocessing or default_prep
+        self._run = _compile(self.model, xla, self.preprocessing)
+        self.input_size = spec.input_size or native
+        if not self.input_size:
+            raise ConfigError(f"{spec.model} does not fix its input size: pass --input-size")
+        self.dim = self(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1]
+        self.info = {"model": os.path.basename(spec.model.rstrip("/")), "kind": "keras",
+                     "backend": backend, "weights": spec.weights if spec.model in KERAS_APPS
+                     else "file", "weights_sha256": self._digest(), "input_size":
+                     self.input_size, "pooling": spec.pooling, "preprocessing":
+                     self.preprocessing, "mixed_precision": mixed_precision, "xla": xla}
+
+    def _digest(self) -> str:
+        if self.spec.model in KERAS_APPS or self._keras_model:
+            return weights_digest(self.model)
+        return sha256_of_path(self.spec.model)
+
+    def _build_app(self, keras, spec: ModelSpec):
+        cls_name, native, prep = KERAS_APPS[spec.model]
+        size = spec.input_size or native
+        weights = spec.weights
+        if weights.lower() == "none":
+            logger.warning("MODEL WEIGHTS ARE RANDOM (--weights none): features are fine for "
+                           "testing the workflow, but retrieval quality will be meaningless")
+            weights = None
+        elif weights != "imagenet" and not os.path.isfile(weights):
+            raise ConfigError(f"--weights {weights}: no such file (use imagenet, none or a "
+                              "path to a weights file)")
+        cls = getattr(keras.applications, cls_name)
+        kwargs = dict(include_top=False, weights=weights, pooling=spec.pooling,
+                      input_shape=(size, size, 3))
+        try:
+            model = cls(**kwargs)
+        except Exception as e:  # noqa: BLE001 - Keras raises a bare Exception offline
+            if weights == "imagenet" and ("fetch" in str(e).lower() or "url" in str(e).lower()
+                                          or isinstance(e, OSError)):
+                raise OfflineWeightsError(OFFLINE_HELP.format(name=cls_name, error=e)) from e
+            raise
+        self._keras_model = True
+        return model, native, prep
+
+    def _load_file(self, keras, spec: ModelSpec):
+        path = spec.model
+        if not os.path.exists(path):
+            raise ConfigError(f"--model {path}: not a known model name "
+                              f"({', '.join(KERAS_APPS)}) nor an existing file")
+        if os.path.isdir(path):
+            if select_backend() != "tensorflow":
+                raise ConfigError("a SavedModel folder needs the TensorFlow backend")
+            self._keras_model = False
+            layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+            shape = None
+        else:
+            self._keras_model = True
+            layer = keras.models.load_model(path, compile=False)
+            shape = layer.input_shape[1] if hasattr(layer, "input_shape") else None
+        return layer, shape, "raw"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.launch(batch)()
+
+    def warm_up(self, batch_size: int) -> None:
+        """On JAX, and on a GPU, the first batch of a new size compiles the model (seconds
+        on a GPU, longer than many batches): do it now, with a batch of zeros."""
+        if self.on_gpu or select_backend() == "jax":
+            self(np.zeros((batch_size, self.input_size, self.input_size, 3), np.uint8))
+
+    def launch(self, batch: np.ndarray):
+        assert batch.ndim == 4 and batch.dtype == np.uint8
+        y = self._run(batch)
+        return lambda: global_pool(_to_numpy(y), self.spec.pooling).astype(np.float32)

@@ -1,0 +1,27 @@
+"""Loading an embedder for a `ModelSpec`: a TFLite file, or a Keras model (an
+application or the user's own), with float16 compute where it pays."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .registry import POOLING, Embedder, ModelSpec
+
+
+def load_embedder(spec: ModelSpec) -> Embedder:
+    """The embedder for `spec`; raises WorkflowError with remedies when it cannot load."""
+    if spec.pooling not in POOLING:
+        raise ConfigError(f"--pooling must be one of {POOLING}")
+    if spec.model.lower().endswith(".tflite"):
+        from .tflite import TFLiteEmbedder
+        return TFLiteEmbedder(spec)
+    from .keras import KerasEmbedder
+    return KerasEmbedder(spec)
+
+
+def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = False) -> Embedder:
+    """The embedder for `spec`, with float16 compute where asked ("on") or, with "auto",
+    for a Keras model on a GPU."""
+    if spec.model.lower().endswith(".tflite"):
+        return load_embedder(spec)
+    from .keras import KerasEmbedder, gpu_available
+    mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpu_available())
+    return KerasEmbedder(spec, mixed_precision=mixed, xla=xla)

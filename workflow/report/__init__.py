@@ -1,0 +1,1 @@
+"""What people read: result pages and the evaluation report."""

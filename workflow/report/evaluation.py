@@ -1,0 +1,99 @@
+"""The evaluation report as people read it: the tuned table, Markdown, the recall vs
+queries/s plot, and the search defaults derived from it."""
+from __future__ import annotations
+
+import io
+
+PRECISION_AT = (1, 10)
+
+
+def tuned_table(report: dict) -> str:
+    """The Markdown table of each mode at its tuned setting."""
+    rows = ["| mode | parameters | recall@1 | recall@10 | tie-aware recall@10 | recall@100 "
+            "| p50 ms | p95 ms | p99 ms | queries/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, t in report["tuned"].items():
+        params = ", ".join(f"{k}={v}" for k, v in t["params"].items()) or "-"
+        flag = "" if t["target_met"] else " (target not reached)"
+        rows.append(f"| {mode} | {params}{flag} | {t['recall@1']:.3f} | {t['recall@10']:.3f} | "
+                    f"{t['tie_recall@10']:.3f} | {t['recall@100']:.3f} | {t['p50_ms']:.2f} | "
+                    f"{t['p95_ms']:.2f} | {t['p99_ms']:.2f} | {t['qps']:,.0f} |")
+    return "\n".join(rows)
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# Search evaluation, {report['date']}", "",
+             f"- store: {report['store']}", f"- machine: {report['machine']}",
+             f"- corpus: {report['n']:,} vectors of dimension {report['d']}, index "
+             f"{report['index']}",
+             f"- queries: {report['queries']:,} ({report['query_source']}); own id left out "
+             "of every result list",
+             f"- recall@k against exact search; tie-aware recall@10 counts a result whose "
+             f"exact score is within {report['tie_epsilon']} of the 10th exact score",
+             "- latency: single queries (k=10), one at a time; queries/s: batches (k=10)", "",
+             f"## Each mode at its tuned setting (cheapest with recall@10 >= "
+             f"{report['target_recall']})", "", tuned_table(report), ""]
+    c = report.get("cache")
+    if c:
+        lines += [f"A repeated {c['mode']} query is served from the query cache in "
+                  f"{c['p50_ms']:.3f} ms (p50 over {c['repeats']} repeats).", ""]
+    p = report.get("precision")
+    if p:
+        lines += _precision_markdown(p)
+    lines += ["## Sweeps", ""]
+    for mode, points in report["sweeps"].items():
+        lines += [f"### {mode}", "", "| parameters | recall@1 | recall@10 | tie-aware@10 | "
+                  "recall@100 | p50 ms | p99 ms | queries/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for pt in points:
+            params = ", ".join(f"{k}={v}" for k, v in pt["params"].items()) or "-"
+            lines.append(f"| {params} | {pt['recall@1']:.3f} | {pt['recall@10']:.3f} | "
+                         f"{pt['tie_recall@10']:.3f} | {pt['recall@100']:.3f} | "
+                         f"{pt['p50_ms']:.2f} | {pt['p99_ms']:.2f} | {pt['qps']:,.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _precision_markdown(p: dict) -> list[str]:
+    names = list(p["by_mode"])
+    lines = ["## Precision@k by class (same folder = relevant)", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for k in PRECISION_AT:
+        lines.append(f"| mean P@{k} | " + " | ".join(
+            f"{p['by_mode'][n][f'P@{k}']['mean']:.3f}" for n in names) + " |")
+    for c in p["classes"]:
+        lines.append(f"| {c} P@10 | " + " | ".join(
+            f"{p['by_mode'][n]['P@10']['by_class'][c]:.3f}" for n in names) + " |")
+    return lines + [""]
+
+
+def recall_qps_plot(report: dict) -> bytes:
+    """PNG: recall@10 against queries/s, one line per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for mode, points in report["sweeps"].items():
+        pts = sorted(points, key=lambda p: p["qps"])
+        ax.plot([p["qps"] for p in pts], [p["recall@10"] for p in pts], "o-", ms=3,
+                label=mode)
+    ax.axhline(report["target_recall"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s (batches, log scale)")
+    ax.set_ylabel("recall@10 vs exact search")
+    ax.set_title(f"{report['n']:,} vectors, {report['queries']:,} queries")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def search_defaults(report: dict) -> dict:
+    out = {m: t["params"] for m, t in report["tuned"].items()}
+    out.update({"default_mode": "hierarchical" if "hierarchical" in out else
+                next(iter(out)), "target_recall": report["target_recall"],
+                "tuned_on": report["date"]})
+    return out

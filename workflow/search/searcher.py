@@ -1,0 +1,301 @@
+"""Search: a `Searcher` opened on a store, five modes, and a bounded query cache.
+
+Modes (cosine similarity = inner product of L2-normalised features):
+- `exact`: every feature, block by block from the float16 re-rank store (the baseline);
+- `ivfpq`: the IVF-PQ index alone (scores are PQ estimates);
+- `ivfpq+rerank`: IVF-PQ candidates re-scored exactly from the re-rank store;
+- `annoy+rerank`: Annoy candidates (in PCA space) re-scored exactly;
+- `hierarchical`: the query cache, then the union of Annoy and IVF-PQ candidates,
+  re-scored exactly.
+
+Results follow the Faiss convention of `workflow.index.knn`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+
+import faiss
+import numpy as np
+
+from ..errors import ConfigError, WorkflowError
+from ..formats.evaluation import read_search_defaults
+from ..formats.images import read_stored_jpegs
+from ..formats.index import load_index, load_rerank, load_trained
+from ..formats.layout import PREPROCESS, shard_name
+from ..formats.plan import load_keys_and_bounds
+from ..formats.prefilter import load_prefilter
+from ..index.knn import EXACT_BLOCK, drop_ids, exact_search, rerank, rerank_store_blocks
+from ..storage.store import Store
+from .cache import QueryCache
+from .modes import MODES, SearchParams, check_mode
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ results
+
+@dataclass
+class QueryResult:
+    """One query's results, best first."""
+    query: str
+    ids: list[int]
+    scores: list[float]
+    keys: list[str] = field(default_factory=list)
+    cached: bool = False
+    query_jpeg: bytes | None = None
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "results": [
+            {"id": i, "key": key, "score": round(s, 6)}
+            for i, key, s in zip(self.ids, self.keys or [None] * len(self.ids), self.scores)]}
+
+
+@dataclass
+class _Query:
+    label: str
+    cache_key: str
+    id: int | None = None
+    vector: np.ndarray | None = None
+    image: bytes | None = None
+
+
+# ------------------------------------------------------------------ the searcher
+
+class Searcher:
+    """Search a finished store by image, by id or by vector.
+
+    Args:
+        store: a `Store` or its URL; it must hold a filled index (stage 4). The prefilter
+            (stage 5) is needed by the Annoy modes only, the model only for image queries.
+        scratch: local folder for staged-in files (default: the store's scratch).
+        cache_size: results kept in the LRU query cache (0 disables it).
+        embedder: a ready `Embedder` for image queries (default: loaded from the store's
+            frozen extract settings on first use).
+    """
+
+    def __init__(self, store: Store | str, scratch: str | None = None, cache_size: int = 1024,
+                 embedder=None):
+        self.store = store if isinstance(store, Store) else Store(store, scratch, create=False)
+        self.cache = QueryCache(cache_size)
+        self._embedder = embedder
+        saved = read_search_defaults(self.store)
+        self.defaults = {m: replace(SearchParams(), **saved.get(m, {})) for m in MODES}
+        self.default_mode = saved.get("default_mode", "hierarchical")
+
+    # -- lazily loaded parts ---------------------------------------------------------
+    @cached_property
+    def index(self) -> faiss.Index:
+        return load_index(self.store)
+
+    @cached_property
+    def xb(self) -> np.ndarray:
+        return load_rerank(self.store)
+
+    @cached_property
+    def valid(self) -> np.ndarray:
+        """valid[id]: the id has a feature (a non-zero row of the re-rank store)."""
+        xb = self.xb.view(np.uint16)
+        return np.concatenate([np.any(xb[lo:lo + EXACT_BLOCK] != 0, axis=1)
+                               for lo in range(0, len(xb), EXACT_BLOCK)] or [np.zeros(0, bool)])
+
+    @cached_property
+    def annoy(self):
+        return load_prefilter(self.store)
+
+    @cached_property
+    def pca(self) -> faiss.VectorTransform:
+        return load_trained(self.store)[1]
+
+    @cached_property
+    def _params_space(self) -> faiss.ParameterSpace:
+        return faiss.ParameterSpace()
+
+    @cached_property
+    def plan_info(self) -> tuple[list[str], np.ndarray]:
+        """(keys by id, shard bounds) from the frozen plan."""
+        return load_keys_and_bounds(self.store, self.store.scratch / "search" / "plan.h5")
+
+    @property
+    def d(self) -> int:
+        return int(self.xb.shape[1])
+
+    def keys(self, ids: Sequence[int]) -> list[str]:
+        keys = self.plan_info[0]
+        return [keys[i] if 0 <= i < len(keys) else "" for i in ids]
+
+    # -- numeric search ----------------------------------------------------------------
+    def params(self, mode: str, **overrides) -> SearchParams:
+        """The mode's defaults (tuned by evaluation where it ran) with overrides applied."""
+        check_mode(mode)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(SearchParams)}
+        if unknown:
+            raise ConfigError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
+        return replace(self.defaults[mode], **given).validate()
+
+    def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str = "hierarchical",
+                       params: SearchParams | None = None,
+                       exclude: np.ndarray | None = None):
+        """Top k of float32 queries [nq, d] in `mode`; `exclude` (one id per query, -1 for
+        none) is left out of each query's results. No cache. Returns (D, I)."""
+        check_mode(mode)
+        p = params or self.defaults[mode]
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        assert xq.ndim == 2 and xq.shape[1] == self.d, f"queries must be [nq, {self.d}]"
+        kk = k + (exclude is not None)
+        if mode == "exact":
+            D, I = exact_search(xq, rerank_store_blocks(self.xb, self.valid), kk)
+        elif mode == "ivfpq":
+            D, I = self._ivfpq(xq, kk, p.nprobe)
+        else:
+            cand = []
+            if mode in ("ivfpq+rerank", "hierarchical"):
+                cand.append(self._ivfpq(xq, max(p.rerank, kk), p.nprobe)[1])
+            if mode in ("annoy+rerank", "hierarchical") and p.annoy > 0:
+                cand.append(self._annoy(xq, max(p.annoy, kk), p.search_k))
+            D, I = rerank(xq, np.hstack(cand), self.xb, kk)
+        return drop_ids(D, I, exclude, k)
+
+    def _ivfpq(self, xq: np.ndarray, k: int, nprobe: int):
+        self._params_space.set_index_parameter(self.index, "nprobe", nprobe)
+        q = faiss.extract_index_ivf(self.index).quantizer
+        if isinstance(faiss.downcast_index(q), faiss.IndexHNSWFlat):
+            self._params_space.set_index_parameter(self.index, "quantizer_efSearch",
+                                                   max(64, 2 * nprobe))
+        return self.index.search(xq, k)
+
+    def _annoy(self, xq: np.ndarray, k: int, search_k: int) -> np.ndarray:
+        xp = self.pca.apply(xq)
+        out = np.full((len(xq), k), -1, np.int64)
+        for i, v in enumerate(xp):
+            r = self.annoy.get_nns_by_vector(v.tolist(), k, search_k=search_k)
+            out[i, :len(r)] = r
+        return out
+
+    # -- queries of every kind --------------------------------------------------------
+    def search(self, queries: Sequence, k: int = 10, mode: str | None = None,
+               exclude_self: bool = False, **params) -> list[QueryResult]:
+        """Search for each query: an int (an id in the corpus), a path or bytes (an
+        image, preprocessed as the corpus was) or a vector (a 1-d array, or a 2-d array
+        whose rows are queries). Results of a query asked before with the same
+        parameters come from the cache, without touching the index."""
+        mode = check_mode(mode or self.default_mode)
+        p = self.params(mode, **params)
+        if k < 1:
+            raise ConfigError("k must be at least 1")
+        qs = self._parse(queries)
+        tag = json.dumps([mode, k, exclude_self, p.for_mode(mode)])
+        out: list[QueryResult | None] = [None] * len(qs)
+        todo = []
+        for i, q in enumerate(qs):
+            hit = self.cache.get((q.cache_key, tag))
+            if hit is not None:
+                out[i] = replace(hit, query=q.label, cached=True)
+            else:
+                todo.append(i)
+        if todo:
+            xq = self._vectors([qs[i] for i in todo])
+            excl = np.array([qs[i].id if qs[i].id is not None else -1 for i in todo]) \
+                if exclude_self else None
+            D, I = self.search_vectors(xq, k, mode, p, excl)
+            for row, i in enumerate(todo):
+                n = int((I[row] >= 0).sum())
+                ids = I[row, :n].tolist()
+                r = QueryResult(qs[i].label, ids, D[row, :n].tolist(), self.keys(ids))
+                self.cache.put((qs[i].cache_key, tag), r)
+                out[i] = r
+        for q, r in zip(qs, out):
+            r.query_jpeg = q.image
+        return out
+
+    def _parse(self, queries: Sequence) -> list[_Query]:
+        if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):
+            queries = [queries]
+        out = []
+        for q in queries:
+            if isinstance(q, (int, np.integer)) and not isinstance(q, bool):
+                out.append(_Query(f"id:{int(q)}", f"id:{int(q)}", id=int(q)))
+            elif isinstance(q, (str, os.PathLike)):
+                data = _read_query_file(q)
+                out.append(_Query(os.fspath(q), "img:" + hashlib.sha1(data).hexdigest(),
+                                  image=data))
+            elif isinstance(q, (bytes, bytearray)):
+                out.append(_Query(f"bytes:{len(q)}", "img:" + hashlib.sha1(q).hexdigest(),
+                                  image=bytes(q)))
+            elif isinstance(q, np.ndarray) and q.ndim in (1, 2):
+                for _j, v in enumerate(np.atleast_2d(q)):
+                    v = np.asarray(v, np.float32)
+                    out.append(_Query(f"vector:{len(out)}",
+                                      "vec:" + hashlib.sha1(v.tobytes()).hexdigest(),
+                                      vector=v))
+            else:
+                raise ConfigError(f"cannot search for a {type(q).__name__}: give ids, "
+                                  "image paths or bytes, or vectors")
+        return out
+
+    def _vectors(self, qs: list[_Query]) -> np.ndarray:
+        """float32 [nq, d] query vectors, L2-normalised."""
+        xq = np.zeros((len(qs), self.d), np.float32)
+        images = [i for i, q in enumerate(qs) if q.image is not None]
+        if images:
+            emb = self.embedder
+            xq[images] = emb.embed([qs[i].image for i in images])
+            for i in images:  # the preprocessed JPEG, shown as the query's thumbnail
+                qs[i].image = emb.last_jpegs[images.index(i)]
+        for i, q in enumerate(qs):
+            if q.id is not None:
+                xq[i] = self._id_vector(q.id)
+            elif q.vector is not None:
+                if q.vector.shape != (self.d,):
+                    raise ConfigError(f"query vectors must have {self.d} dimensions, "
+                                      f"not {q.vector.shape[0]}")
+                xq[i] = q.vector
+        norms = np.linalg.norm(xq, axis=1, keepdims=True)
+        return xq / np.maximum(norms, 1e-12)
+
+    def _id_vector(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self.xb):
+            raise ConfigError(f"id {i} is not in the corpus (ids are 0..{len(self.xb) - 1})")
+        v = np.asarray(self.xb[i], np.float32)
+        if not v.any():
+            raise WorkflowError(f"id {i} ({self.keys([i])[0]}) has no feature: its image "
+                                "failed in preprocessing (see images/report.json)")
+        return v
+
+    @cached_property
+    def embedder(self):
+        from .query import QueryEmbedder
+        return QueryEmbedder(self.store, self._embedder)
+
+    # -- thumbnails --------------------------------------------------------------------
+    def thumbnails(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored (preprocessed) JPEG of each id, read from the image shards."""
+        bounds = self.plan_info[1]
+        by_shard: dict[int, list[int]] = {}
+        for i in {int(i) for i in ids if i >= 0}:
+            by_shard.setdefault(int(np.searchsorted(bounds, i, side="right")) - 1, []).append(i)
+        out = {}
+        for s, members in sorted(by_shard.items()):
+            m = self.store.marker(PREPROCESS, shard_name(s))
+            if m is None:
+                continue
+            members = sorted(members)
+            jpegs = read_stored_jpegs(self.store, m, [i - int(bounds[s]) for i in members])
+            out.update(zip(members, jpegs))
+        return out
+
+
+def _read_query_file(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
+                            "check the path") from None
+

@@ -1,0 +1,350 @@
+"""Stage 7, evaluate: recall of every search mode against exact search, speed, tuning.
+
+- Queries: a seeded sample of corpus items (each query's own id left out of both the
+  exact and the approximate results), or a folder of query images.
+- `evaluation/groundtruth.npz`: the queries and their exact top 100, computed block by
+  block over the feature shards (GPU where Faiss has one), checkpointed while it runs
+  (`groundtruth-partial.npz`), so a killed evaluation resumes and a later one reuses it.
+- `evaluation/sweep-<mode>.npz`: per mode, a sweep of its parameters: recall@1/10/100, a
+  tie-aware recall@10, single-query latency p50/p95/p99 and batch queries/s (k=10), and
+  each query's top 10 at each setting.
+- `evaluation/search_defaults.json`: per mode, the cheapest measured parameters (lowest
+  p50 latency) that reach --target-recall; the `Searcher` uses them as its defaults.
+- `evaluation/report.json`, `report.md`, `recall_vs_qps.png`, and precision@k by class
+  where the corpus is organised in a folder per class.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DeadlineReached, WorkflowError
+from ..formats.evaluation import commit_bytes, commit_npz, load_npz, search_defaults_json
+from ..formats.features import feature_markers, fetch_features
+from ..formats.layout import (
+    ADD,
+    DEFAULTS_FILE,
+    EVALUATE,
+    GT_FILE,
+    GT_PARTIAL_FILE,
+    PLOT_FILE,
+    PREFILTER,
+    REPORT_JSON,
+    REPORT_MD,
+    TRAIN,
+    sweep_file,
+)
+from ..index.knn import drop_ids, exact_search, merge_topk
+from ..index.metrics import class_label, labelled, precision_by_class
+from ..options import opt
+from ..report.evaluation import (
+    PRECISION_AT,
+    recall_qps_plot,
+    report_markdown,
+    search_defaults,
+    tuned_table,
+)
+from ..search.measure import cache_check, measure, sample_query_ids, sweep_grid, tune
+from ..search.modes import MODE_PARAMS, MODES
+from ..search.searcher import Searcher
+from ..storage.store import Store
+from ..utils import Timeit, cpu_name
+from .base import StageConfig, StageRun
+
+logger = logging.getLogger(__name__)
+
+STAGE = EVALUATE
+K_GT = 100
+GROUP = "evaluation"
+GRID_VERSION = 2
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    """Settings of the evaluate stage; see `scripts/07_evaluate.py --help`."""
+    queries: int = opt(1000, "size of the seeded sample of corpus images used as queries",
+                       type=int, group=GROUP)
+    query_dir: str | None = opt(None, "a folder of query images instead (a sub-folder per "
+                                "class gives precision@k by class)", group=GROUP)
+    target_recall: float = opt(0.95, "recall@10 that the tuned search defaults must reach",
+                               type=float, group=GROUP)
+    modes: tuple[str, ...] = opt(MODES, f"modes to evaluate: {', '.join(MODES)}", nargs="+",
+                                 choices=MODES, metavar="MODE", group=GROUP,
+                                 shown="all", to_config=tuple)
+    seed: int = opt(0, "seed of the query sample", type=int, flag="--eval-seed", group=GROUP)
+    latency_queries: int = opt(200, "single queries timed per setting (exact: 3 to 20, fewer "
+                               "for larger corpora)", type=int, group=GROUP)
+    labels: str = opt("auto", "precision@k by class where every image is in a class folder",
+                      choices=["auto", "none"], group=GROUP)
+    remeasure: bool = opt(False, "measure the sweeps again (the exact ground truth is kept)",
+                          action="store_true", group=GROUP)
+    checkpoint_seconds: float = opt(30.0, "how often the exact search saves its progress to "
+                                    "the store", type=float, group=GROUP)
+    batch_size: int = 256
+    tie_epsilon: float = 1e-4
+
+    def checks(self) -> list[tuple[bool, str]]:
+        r = self.require
+        return super().checks() + [
+            r("queries", self.queries >= 1, "must be at least 1"),
+            r("target_recall", 0 < self.target_recall <= 1, "must be in (0, 1]"),
+            r("modes", bool(self.modes) and set(self.modes) <= set(MODES),
+              f"must be among {', '.join(MODES)}"),
+            r("latency_queries", self.latency_queries >= 1, "must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.tie_epsilon >= 0, "tie_epsilon must be >= 0"),
+            r("labels", self.labels in ("auto", "none"), "must be auto or none"),
+            r("query_dir", self.query_dir is None or os.path.isdir(self.query_dir),
+              f"{self.query_dir} is not a folder"),
+        ]
+
+
+@dataclass
+class EvaluateResult:
+    complete: bool
+    n_queries: int
+    report: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    store: str = ""
+
+    def summary(self) -> str:
+        if not self.complete:
+            return (f"evaluate stopped early (re-run to resume); {self.seconds:.1f} s. "
+                    f"Store: {self.store}")
+        return (f"evaluate complete: {self.n_queries:,} queries; {self.seconds:.1f} s.\n"
+                + tuned_table(self.report) +
+                f"\nReport: {self.store.rstrip('/')}/{REPORT_MD}")
+
+
+# ------------------------------------------------------------------ the stage
+
+def run(cfg: EvaluateConfig) -> EvaluateResult:
+    """Run (or resume) the evaluation; a finished ground truth and sweep are reused."""
+    with StageRun(STAGE, cfg) as run:
+        searcher = Searcher(run.store, cache_size=1024)
+        modes = _available_modes(run.store, cfg.modes)
+        run.freeze(_settings(cfg), _parent(run))
+        if cfg.remeasure:
+            for mode in MODES:
+                run.store.remove_marker(STAGE, f"sweep-{mode}")
+        try:
+            q = _queries(run, searcher)
+            sweeps = {mode: _sweep(run, searcher, mode, q) for mode in modes}
+        except DeadlineReached:
+            run.stopped_early()
+            return EvaluateResult(False, 0, seconds=run.seconds, store=run.store.url)
+        report = _report(cfg, run.store, searcher, q, sweeps)
+        run.lease.check()
+        _commit_report(run, report)
+    return EvaluateResult(True, len(q["xq"]), report, run.seconds, run.store.url)
+
+
+def _available_modes(store: Store, modes) -> list[str]:
+    if store.marker(ADD, "index") is None:
+        raise WorkflowError(f"{store.url} has no filled index; run the stages up to "
+                            "scripts/04_add.py first")
+    if store.marker(PREFILTER, "annoy") is None:
+        skipped = [m for m in modes if "annoy" in MODE_PARAMS[m]]
+        if skipped:
+            logger.warning("no prefilter in the store (scripts/05_prefilter.py): not "
+                           "evaluating %s", ", ".join(skipped))
+        modes = [m for m in modes if m not in skipped]
+    return list(modes)
+
+
+def _settings(cfg: EvaluateConfig) -> dict:
+    """What the ground truth depends on (timings and tuning are re-done at will)."""
+    s = {"queries": cfg.queries, "seed": cfg.seed, "k": K_GT}
+    if cfg.query_dir:
+        files = _query_files(cfg.query_dir)
+        s = {"query_dir": os.path.abspath(cfg.query_dir), "k": K_GT,
+             "query_files": _digest([(str(p.relative_to(cfg.query_dir)), p.stat().st_size)
+                                     for p in files])}
+    return s
+
+
+def _parent(run: StageRun) -> str:
+    return "+".join(fp for fp in map(run.frozen_fingerprint, (ADD, PREFILTER)) if fp)
+
+
+def _digest(obj) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ queries + ground truth
+
+def _query_files(folder: str) -> list[Path]:
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _queries(run: StageRun, searcher: Searcher) -> dict:
+    """The queries and their exact top K_GT: from the store, or computed and committed."""
+    cfg, store = run.cfg, run.store
+    if store.marker(STAGE, "groundtruth") is None:
+        if cfg.query_dir:
+            qids, xq, qkeys = _embed_query_dir(cfg.query_dir, searcher, cfg.progress)
+        else:
+            qids = sample_query_ids(searcher.xb, cfg.queries, cfg.seed)
+            xq = np.asarray(searcher.xb[qids], np.float32)
+            qkeys = np.array([f"id:{i}" for i in qids])
+        D, I = _ground_truth(run, xq, qids)
+        commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids)},
+                   query_ids=qids, query_keys=qkeys, xq=xq, D=D, I=I)
+        store.remove_marker(STAGE, "groundtruth-partial", remove_file=True)
+    return load_npz(store, store.marker(STAGE, "groundtruth"))
+
+
+def _embed_query_dir(folder: str, searcher: Searcher, progress: bool):
+    files = _query_files(folder)
+    if not files:
+        raise ConfigError(f"--query-dir {folder} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    xs, keys = [], []
+    for p in tqdm(files, desc="embed queries", unit="img", mininterval=1.0,
+                  disable=not progress):
+        try:
+            xs.append(searcher.embedder.embed([str(p)])[0])
+            keys.append(str(p.relative_to(folder)))
+        except WorkflowError as e:
+            logger.warning("query image skipped: %s", e)
+    if not xs:
+        raise WorkflowError(f"no image in --query-dir {folder} could be used")
+    return np.full(len(xs), -1, np.int64), np.stack(xs).astype(np.float32), np.array(keys)
+
+
+def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple):
+    """(D, I, shards done) of a checkpoint of this ground truth, or a fresh start."""
+    D, I = np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64)
+    pm = run.store.marker(STAGE, "groundtruth-partial")
+    if pm is not None:
+        f = load_npz(run.store, pm)
+        if f["D"].shape == D.shape and np.array_equal(f["qids"], qids):
+            return f["D"], f["I"], list(pm.extra["done"])
+    return D, I, []
+
+
+def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray):
+    """Exact top K_GT per query (own id left out) over the feature shards, block by block;
+    the partial result is committed every `checkpoint_seconds`, so a kill costs little."""
+    cfg, store = run.cfg, run.store
+    feats = feature_markers(store)
+    kk = K_GT + 1
+    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk))
+    if done:
+        logger.info("evaluate: exact search resumes after %d of %d shards", len(done),
+                    len(feats))
+    last = time.monotonic()
+    with Timeit(f"exact top {K_GT} of {len(xq):,} queries", logging.INFO), \
+            tqdm(total=len(feats), initial=len(done), unit="shard", desc="exact search",
+                 disable=not cfg.progress, mininterval=1.0) as bar:
+        for unit in [u for u in feats if u not in done]:
+            run.check_deadline()
+            ids, x = fetch_features(store, feats[unit], run.work)
+            D, I = merge_topk(D, I, *exact_search(xq, [(ids, x)], kk), kk)
+            done.append(unit)
+            bar.update(1)
+            if time.monotonic() - last >= cfg.checkpoint_seconds and len(done) < len(feats):
+                run.lease.check()
+                commit_npz(store, GT_PARTIAL_FILE, "groundtruth-partial", run.fp,
+                           {"done": done}, D=D, I=I, qids=qids)
+                last = time.monotonic()
+    return drop_ids(D, I, np.where(qids >= 0, qids, -2), K_GT)
+
+
+# ------------------------------------------------------------------ the sweep
+
+def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
+    """The mode's sweep: from the store, or measured and committed."""
+    store, unit = run.store, f"sweep-{mode}"
+    m = store.marker(STAGE, unit)
+    if m is None or m.extra.get("grid") != GRID_VERSION:  # absent, or measured otherwise
+        run.check_deadline()
+        import faiss
+        nlist = faiss.extract_index_ivf(searcher.index).nlist
+        grid = sweep_grid(mode, nlist, int(searcher.index.ntotal))
+        points, results = [], []
+        for p in tqdm(grid, desc=f"sweep {mode}", unit="setting",
+                      disable=not run.cfg.progress):
+            point, I = measure(run.cfg, searcher, mode, p, q, K_GT)
+            points.append(point)
+            results.append(I)
+        run.lease.check()
+        commit_npz(store, sweep_file(mode), unit, run.fp,
+                   {"points": points, "grid": GRID_VERSION}, I=np.stack(results))
+        m = store.marker(STAGE, unit)
+    return {"points": m.extra["points"], "I": load_npz(store, m)["I"]}
+
+
+# ------------------------------------------------------------------ the report
+
+def _report(cfg, store: Store, searcher: Searcher, q: dict, sweeps: dict) -> dict:
+    import faiss
+    tuned = {}
+    for mode, s in sweeps.items():
+        i, met = tune(s["points"], cfg.target_recall)
+        tuned[mode] = {**s["points"][i], "target_met": met, "point": i}
+    cpu = cpu_name()
+    report = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{cpu}, {os.cpu_count()} cores, {faiss.get_num_gpus()} GPU(s)",
+        "store": store.url, "n": int(searcher.index.ntotal), "d": searcher.d,
+        "index": store.marker(TRAIN, "index").extra.get("factory"),
+        "queries": len(q["xq"]), "query_source": cfg.query_dir or f"sample, seed {cfg.seed}",
+        "target_recall": cfg.target_recall, "tie_epsilon": cfg.tie_epsilon,
+        "tuned": tuned, "sweeps": {m: s["points"] for m, s in sweeps.items()},
+        "precision": _precision(cfg, searcher, q, sweeps, tuned),
+        "cache": cache_check(searcher, q["xq"][:50], next(
+            (m for m in ("hierarchical", "ivfpq+rerank") if m in tuned), "ivfpq")),
+    }
+    return report
+
+
+def _precision(cfg, searcher: Searcher, q: dict, sweeps: dict, tuned: dict) -> dict | None:
+    """Precision@k by class, for exact search and each mode at its tuned setting."""
+    if cfg.labels == "none":
+        return None
+    try:
+        labels = [class_label(k) for k in searcher.plan_info[0]]
+    except Exception as e:  # noqa: BLE001 - a store without a readable plan has no labels
+        logger.info("no class labels: %s", e)
+        return None
+    if not labelled(labels):
+        return None
+    if cfg.query_dir:
+        qlabels = [class_label(str(k)) for k in q["query_keys"]]
+    else:
+        qlabels = [labels[i] for i in q["query_ids"]]
+    out = {"classes": sorted(set(qlabels)), "by_mode": {}}
+    results = {"exact (ground truth)": q["I"]}
+    results.update({m: s["I"][tuned[m]["point"]] for m, s in sweeps.items()})
+    for name, I in results.items():
+        out["by_mode"][name] = {}
+        for k in PRECISION_AT:
+            mean, per = precision_by_class(I, qlabels, labels, k)
+            out["by_mode"][name][f"P@{k}"] = {"mean": round(mean, 6),
+                                             "by_class": {c: round(v, 6) for c, v in per.items()}}
+    return out
+
+
+def _commit_report(run: StageRun, report: dict) -> None:
+    files = {
+        "report": (REPORT_JSON, json.dumps(report, indent=1).encode()),
+        "report-md": (REPORT_MD, report_markdown(report).encode()),
+        "plot": (PLOT_FILE, recall_qps_plot(report)),
+        "defaults": (DEFAULTS_FILE, search_defaults_json(search_defaults(report))),
+    }
+    summary = {"queries": report["queries"], "target_recall": report["target_recall"],
+               "tuned": {m: {"recall@10": t["recall@10"], "p50_ms": t["p50_ms"]}
+                         for m, t in report["tuned"].items()}}
+    for unit, (rel, data) in files.items():
+        commit_bytes(run.store, rel, unit, run.fp, summary if unit == "report" else None, data)

@@ -1,0 +1,1 @@
+"""Where work is kept: the store (commits, markers, run.json), leases, fingerprints."""

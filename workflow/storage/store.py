@@ -1,0 +1,399 @@
+"""Drive-style storage that survives the runtime: atomic commits, markers, run.json.
+
+Commit protocol for every output file: write it completely in local scratch, copy it to
+the store under a temporary name, check its size and sha256, rename it to its final name,
+then write its marker `_done/<stage>/<unit>.json` last. A unit is done if and only if its
+marker exists and matches the file; anything else in the store is the leftover of an
+interrupted run and is removed by `cleanup`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from ..errors import CorruptFile, FingerprintMismatch, StoreError
+from ..utils import retry_io, sha256_file
+from .fingerprint import diff_settings, fingerprint
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+DONE_DIR = "_done"
+TMP_TAG = ".tmp-"
+FORMAT_VERSION = 1
+
+
+def default_scratch(store_url: str) -> Path:
+    """A per-store scratch folder on local disk ($WORKFLOW_SCRATCH or the temp dir)."""
+    base = os.environ.get("WORKFLOW_SCRATCH") or os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "workflow-scratch")
+    tag = hashlib.sha256(store_url.encode()).hexdigest()[:10]
+    return Path(base) / tag
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What `_done/<stage>/<unit>.json` says about a committed file."""
+    stage: str
+    unit: str
+    path: str
+    size: int
+    sha256: str
+    fingerprint: str
+    extra: dict
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "unit": self.unit, "path": self.path, "size": self.size,
+                "sha256": self.sha256, "fingerprint": self.fingerprint,
+                "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": socket.gethostname(), **self.extra}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Marker:
+        known = {"stage", "unit", "path", "size", "sha256", "fingerprint", "committed", "host"}
+        return cls(d["stage"], d["unit"], d["path"], int(d["size"]), d["sha256"],
+                   d["fingerprint"], {k: v for k, v in d.items() if k not in known})
+
+
+class Store:
+    """A store root (local path or fsspec URL) plus a local scratch folder.
+
+    Every call that touches the store is retried on transient I/O errors.
+    """
+
+    def __init__(self, url: str | os.PathLike, scratch: str | os.PathLike | None = None,
+                 verify: str = "sha256", retries: int = 6, retry_delay: float = 0.5,
+                 storage_options: dict | None = None, create: bool = True):
+        url = os.fspath(url)
+        if "://" not in url:
+            url = os.path.abspath(url)
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = self.root.rstrip("/") or "/"
+        self.is_local = "file" in _protocols(self.fs)
+        self.scratch = Path(scratch) if scratch else default_scratch(url)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        if verify not in ("sha256", "size"):
+            raise ValueError(f"verify must be 'sha256' or 'size', not {verify!r}")
+        self.verify, self.retries, self.retry_delay = verify, retries, retry_delay
+        if create:
+            self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True),
+                        f"create store {url}")
+        elif not self._retry(lambda: self.fs.isdir(self.root), f"open store {url}"):
+            raise StoreError(f"there is no store at {url}; check --store (is Drive mounted?)")
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- paths and retried primitives -----------------------------------------------
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def display(self, rel: str) -> str:
+        """The path a user would type for `rel` (local path or URL)."""
+        return f"{self.url.rstrip('/')}/{rel}"
+
+    def _retry(self, fn, what: str):
+        try:
+            return retry_io(fn, what, attempts=self.retries, base_delay=self.retry_delay)
+        except FileNotFoundError:
+            raise
+        except PermissionError as e:
+            raise StoreError(f"{what}: permission denied ({e.filename or e}). Check that the "
+                             "store is writable by you (a Drive mounted read-only? a shared "
+                             "folder you may only read?); finished work is kept") from e
+        except OSError as e:
+            raise StoreError(f"{what}: {e} (still failing after {self.retries} attempts; "
+                             "check that the store is reachable - e.g. that Drive is "
+                             "still mounted - and re-run: finished work is kept)") from e
+
+    def exists(self, rel: str) -> bool:
+        def probe():  # not fs.exists(): it answers False on any error, even a dropped mount
+            try:
+                self.fs.info(self.path(rel))
+                return True
+            except FileNotFoundError:
+                return False
+        return self._retry(probe, f"check {self.display(rel)}")
+
+    def size(self, rel: str) -> int | None:
+        try:
+            return int(self._retry(lambda: self.fs.info(self.path(rel))["size"],
+                                   f"stat {self.display(rel)}"))
+        except FileNotFoundError:
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names (not paths) of the files directly inside `rel` ("" for the root); [] if
+        it does not exist."""
+        p = self.path(rel) if rel else self.root
+
+        def ls():
+            try:
+                return self.fs.ls(p, detail=False)
+            except FileNotFoundError:
+                return []
+        self._invalidate()
+        return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in self._retry(ls, f"list {p}"))
+
+    def remove(self, rel: str) -> None:
+        def rm():
+            try:
+                self.fs.rm(self.path(rel), recursive=True)
+            except FileNotFoundError:
+                pass
+        self._retry(rm, f"remove {self.display(rel)}")
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._retry(lambda: self.fs.cat_file(self.path(rel)), f"read {self.display(rel)}")
+
+    def read_json(self, rel: str) -> Any | None:
+        """The parsed JSON file at `rel`, or None if it does not exist."""
+        try:
+            data = self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise StoreError(f"{self.display(rel)} is not valid JSON ({e}); it was damaged "
+                             "outside the workflow: delete it and re-run the stage") from e
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        """Atomically replace the small JSON file at `rel` (temporary name, then rename)."""
+        data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        tmp = f"{rel}{TMP_TAG}{uuid.uuid4().hex[:8]}"
+
+        def write():
+            try:
+                self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+                self.fs.pipe_file(self.path(tmp), data)
+                self._rename(tmp, rel)
+            except BaseException:
+                self._remove_quietly(tmp)
+                raise
+        self._retry(write, f"write {self.display(rel)}")
+
+    def _remove_quietly(self, rel: str) -> None:
+        """Remove a temporary file, retrying; never raises (the connection may be gone
+        for good: cleanup() at the stage's next start removes what is left)."""
+        def rm():  # not fs.exists(): it answers False on any error
+            try:
+                self.fs.rm(self.path(rel))
+            except FileNotFoundError:
+                pass
+        try:
+            self._retry(rm, f"remove {self.display(rel)}")
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _rename(self, src: str, dst: str) -> None:
+        if self.is_local:
+            os.replace(self.path(src), self.path(dst))
+        else:
+            self.fs.mv(self.path(src), self.path(dst))
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self.fs.invalidate_cache()
+
+    # -- markers and commits -------------------------------------------------------
+    @staticmethod
+    def marker_path(stage: str, unit: str) -> str:
+        return f"{DONE_DIR}/{stage}/{unit}.json"
+
+    def marker(self, stage: str, unit: str) -> Marker | None:
+        """The unit's marker if it exists and matches its file (size), else None."""
+        d = self.read_json(self.marker_path(stage, unit))
+        if d is None:
+            return None
+        m = Marker.from_json(d)
+        return m if self.size(m.path) == m.size else None
+
+    def markers(self, stage: str) -> dict[str, Marker]:
+        """All markers of a stage by unit, without checking their files."""
+        out = {}
+        for name in self.listdir(f"{DONE_DIR}/{stage}"):
+            if name.endswith(".json") and TMP_TAG not in name:
+                d = self.read_json(f"{DONE_DIR}/{stage}/{name}")
+                if d is not None:
+                    out[d["unit"]] = Marker.from_json(d)
+        return out
+
+    def remove_marker(self, stage: str, unit: str, remove_file: bool = False) -> None:
+        """Forget that a unit is done (its file too, with remove_file); no-op if absent."""
+        m = self.marker(stage, unit)
+        if m is None:
+            return
+        self.remove(self.marker_path(stage, unit))
+        if remove_file and self.exists(m.path):
+            self.remove(m.path)
+
+    def commit(self, local: str | os.PathLike, rel: str, stage: str, unit: str,
+               stage_fingerprint: str, extra: dict | None = None) -> Marker:
+        """Copy a finished local file to `rel` in the store, verify it, then mark it done."""
+        local = os.fspath(local)
+        size, sha = sha256_file(local)
+        marker = Marker(stage, unit, rel, size, sha, stage_fingerprint, dict(extra or {}))
+        if self.exists(self.marker_path(stage, unit)):
+            # replacing a unit: its old marker goes first, so that a kill before the new
+            # marker is written leaves an unmarked file (removed by cleanup), never a
+            # marker that describes other bytes
+            self.remove(self.marker_path(stage, unit))
+        self._retry(lambda: self._upload(local, rel, size, sha), f"commit {self.display(rel)}")
+        self.write_json(self.marker_path(stage, unit), marker.to_json())
+        logger.debug("committed %s (%d bytes)", self.display(rel), size)
+        return marker
+
+    def _upload(self, local: str, rel: str, size: int, sha: str) -> None:
+        tmp = f"{rel}{TMP_TAG}{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(local, self.path(tmp))
+            self._invalidate()
+            got = int(self.fs.info(self.path(tmp))["size"])
+            if got != size:
+                raise OSError(f"uploaded copy has {got} bytes, expected {size}")
+            if self.verify == "sha256" and self._sha256(tmp) != sha:
+                raise OSError("uploaded copy's sha256 differs from the local file")
+            self._rename(tmp, rel)
+        except BaseException:
+            self._remove_quietly(tmp)
+            raise
+
+    def _sha256(self, rel: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(self.path(rel), "rb", block_size=1 << 22) as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def fetch(self, marker: Marker, local: str | os.PathLike) -> Path:
+        """Stage a committed file in to local disk and verify it against its marker.
+
+        A verified copy already at `local` is reused.
+        """
+        local = Path(local)
+        if local.exists() and sha256_file(str(local)) == (marker.size, marker.sha256):
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + TMP_TAG + uuid.uuid4().hex[:8])
+
+        def get():
+            self.fs.get_file(self.path(marker.path), str(tmp))
+            if sha256_file(str(tmp)) != (marker.size, marker.sha256):
+                if self._damaged(marker):
+                    raise self._discard(marker)
+                raise OSError("copy does not match its marker's size and sha256")
+        try:
+            self._retry(get, f"fetch {self.display(marker.path)}")
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
+
+    def _damaged(self, marker: Marker) -> bool:
+        """The store's own copy differs from what was committed (not just the transfer)."""
+        return (self.size(marker.path) != marker.size or
+                self._sha256(marker.path) != marker.sha256)
+
+    def _discard(self, marker: Marker) -> CorruptFile:
+        """Forget a damaged unit, so that its stage recomputes it; the error to raise."""
+        self.remove_marker(marker.stage, marker.unit, remove_file=True)
+        logger.error("%s is damaged: it no longer matches the checksum recorded when it was "
+                     "committed; removed it and its marker", self.display(marker.path))
+        return CorruptFile(
+            f"{self.display(marker.path)} no longer matches the checksum recorded when it "
+            f"was committed (damaged in the store), so it was not used. It has been removed: "
+            f"run the {marker.stage} stage again (`python -m workflow {marker.stage} --store "
+            f"{self.url}`; only that {marker.unit} is recomputed), then this stage.")
+
+    def cleanup(self, stage: str, folders: str | Sequence[str]) -> list[str]:
+        """Remove leftovers of interrupted commits of `stage`: in each of its `folders`
+        (a folder listed among them is not a leftover of its parent), temporary files
+        and files without a matching marker; markers whose file is missing or of the
+        wrong size; temporary marker files. Returns what was removed."""
+        folders = (folders,) if isinstance(folders, str) else tuple(folders)
+        removed = []
+        marked = {}
+        for unit, m in self.markers(stage).items():
+            if self.size(m.path) == m.size:
+                marked[m.path] = m
+            else:
+                self.remove(self.marker_path(stage, unit))
+                removed.append(self.marker_path(stage, unit))
+        for folder in folders:
+            for name in self.listdir(folder):
+                rel = f"{folder}/{name}"
+                if rel not in folders and (TMP_TAG in name or rel not in marked):
+                    self.remove(rel)
+                    removed.append(rel)
+        removed += self.remove_temporary(f"{DONE_DIR}/{stage}")
+        removed += self.remove_temporary("", RUN_FILE + TMP_TAG)
+        if removed:
+            logger.info("removed %d leftover(s) of an interrupted run: %s", len(removed),
+                        ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+        return removed
+
+    def remove_temporary(self, folder: str, prefix: str = "") -> list[str]:
+        """Remove the temporary files (of interrupted writes) in `folder` whose names
+        start with `prefix`; returns them."""
+        removed = []
+        for name in self.listdir(folder):
+            if TMP_TAG in name and name.startswith(prefix):
+                rel = f"{folder}/{name}" if folder else name
+                self.remove(rel)
+                removed.append(rel)
+        return removed
+
+    # -- run.json and stage fingerprints -----------------------------------------------
+    def run_info(self) -> dict:
+        return self.read_json(RUN_FILE) or {"format": FORMAT_VERSION, "stages": {}}
+
+    def freeze_stage(self, stage: str, settings: dict, parent: str | None = None) -> str:
+        """Record the stage's settings in run.json, or check them against the frozen ones.
+
+        Returns the stage fingerprint. Raises FingerprintMismatch naming every setting
+        that differs.
+        """
+        fp = fingerprint(settings, parent)
+        info = self.run_info()
+        frozen = info["stages"].get(stage)
+        if frozen is None:
+            info.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            info["stages"][stage] = {"fingerprint": fp, "settings": settings, "parent": parent}
+            self.write_json(RUN_FILE, info)
+            return fp
+        if frozen["fingerprint"] != fp:
+            lines = diff_settings(frozen["settings"], settings)
+            if frozen.get("parent") != parent:
+                lines.append("the input stage's fingerprint changed (it was re-run with "
+                             "other settings)")
+            raise FingerprintMismatch(
+                f"the {stage} stage in {self.display(RUN_FILE)} was started with other "
+                "settings:\n  " + "\n  ".join(lines or ["(format version)"]) +
+                f"\nRe-run with the frozen settings to resume, or start over with "
+                f"`python -m workflow reset --store {self.url} {stage}` "
+                "(deletes this stage's outputs) or a new --store.")
+        return fp
+
+    def forget_stage(self, stage: str) -> None:
+        info = self.run_info()
+        if info["stages"].pop(stage, None) is not None:
+            self.write_json(RUN_FILE, info)
+
+
+def _protocols(fs) -> tuple:
+    p = fs.protocol
+    return p if isinstance(p, tuple) else (p,)
