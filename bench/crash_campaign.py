@@ -19,10 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from workflow.utils import cpu_name  # noqa: E402
+
 from campaign import check_clean, compare_stores, crash_campaign  # noqa: E402
 from conftest import write_corpus  # noqa: E402
-
-from workflow.utils import cpu_name  # noqa: E402
 
 
 def main() -> None:

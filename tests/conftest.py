@@ -41,6 +41,11 @@ def write_corpus(folder: Path, n: int, seed: int = 0, size=(64, 48)) -> list[Pat
     return paths
 
 
+def leftovers(store: Path) -> list[str]:
+    """Temporary files of interrupted writes anywhere in the store (every folder)."""
+    return sorted(str(p.relative_to(store)) for p in Path(store).rglob("*") if ".tmp-" in p.name)
+
+
 def kill_repeatedly(cmd: list[str], units_done: Callable[[], int], seed: int,
                     max_runs: int = 10, delay: float = 0.3) -> int:
     """Run `cmd` (a stage) again and again, killing it with SIGKILL at seeded random

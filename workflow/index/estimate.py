@@ -75,9 +75,9 @@ def estimate_train_seconds(train_size: int, d: int, nlist: int, opq: bool) -> fl
 
 def choose_opq(n: int, train_size: int, d: int, max_seconds: float = 60.0) -> bool:
     """OPQ where it pays: on corpora large enough for PQ error to matter (>= 20k), and
-    where it trains within `max_seconds`. At about 9 ms per training vector on 2 cores
-    that is never the case with a useful sample: OPQ is for users who pass --opq (the
-    exact re-rank recovers most of what PQ loses)."""
+    where it trains within `max_seconds`. At the cost per training vector measured on 2
+    cores (`OPQ_SECONDS_PER_VECTOR`) that is never the case with a useful sample: OPQ is
+    for users who pass --opq (the exact re-rank recovers most of what PQ loses)."""
     return n >= 20_000 and OPQ_SECONDS_PER_VECTOR * train_size <= max_seconds
 
 

@@ -1,7 +1,7 @@
 """Stage 5, prefilter: an Annoy index over PCA-reduced features (`prefilter/annoy.ann`).
 
 A fast candidate generator for the hierarchical search, whose candidates are re-ranked
-exactly. Annoy over the full dimension takes hours to build at 2M, so it works in the
+exactly. Annoy's build time grows with the dimension (BENCHMARKS.md), so it works in the
 PCA space trained by the train stage. Built on local disk (`on_disk_build`), with one
 build thread so that the same inputs give the same file, then committed.
 """

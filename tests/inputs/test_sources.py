@@ -4,11 +4,12 @@ import zipfile
 
 import fsspec
 import pytest
-from conftest import jpeg_bytes
 
 from workflow.errors import SourceError
 from workflow.formats.plan import make_plan
 from workflow.inputs.sources import Reader, detect, list_entries, resolve_sources
+
+from conftest import jpeg_bytes
 
 
 def _files(tmp_path):

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, indexed_store, kill_repeatedly
 
 from workflow.index.knn import merge_topk
 from workflow.index.metrics import (
@@ -19,6 +18,8 @@ from workflow.search.measure import sample_query_ids, sweep_grid, tune
 from workflow.search.searcher import Searcher
 from workflow.stages.evaluate import EvaluateConfig, run
 from workflow.storage.store import Store
+
+from conftest import ROOT, indexed_store, kill_repeatedly, leftovers
 
 
 def test_recall_at_k_by_hand():
@@ -181,9 +182,8 @@ def test_sigkill_during_evaluate_then_resume_gives_the_same_results(tmp_path):
         for name in ("query_ids", "xq", "D", "I"):
             assert np.array_equal(a[name], b[name]), name
     assert _recalls(store) == _recalls(ref)
-    leftovers = [p for p in (store / "evaluation").iterdir()
-                 if ".tmp-" in p.name or "partial" in p.name]
-    assert not leftovers
+    assert not [p for p in (store / "evaluation").iterdir() if "partial" in p.name]
+    assert leftovers(store) == []
 
 
 def test_max_minutes_stops_the_evaluation_and_a_rerun_finishes_it(tmp_path):

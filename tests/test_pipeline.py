@@ -3,7 +3,10 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import ROOT
+import pytest
+
+from campaign import check_clean, compare_stores, crash_campaign
+from conftest import ROOT, write_corpus
 
 
 def test_the_main_job_runs_every_available_stage_on_the_demo_corpus(tmp_path):
@@ -66,3 +69,19 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch, cap
                                           str(tmp_path / "store"), "--no-progress"])
     assert code == 2 and "no space left on the disk" in caplog.text
     assert "--scratch" in caplog.text
+
+
+# ------------------------------------------------------------------ under SIGKILL
+# A short crash campaign over the whole workflow on every run (the long one, 30 kills or
+# more, is `python bench/crash_campaign.py`).
+
+@pytest.mark.slow
+def test_the_workflow_survives_kills_at_random_moments(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 30, size=(40, 32))
+    camp, ref, store = crash_campaign(tmp_path, corpus, kills=12, seed=11)
+    print("\n" + camp.summary())
+    assert camp.kills >= 8, camp.summary()  # a stage may finish before its kill comes
+    compare_stores(ref, store)
+    check_clean(store)
+    check_clean(ref)

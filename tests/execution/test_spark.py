@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, write_corpus
 
 pytest.importorskip("pyspark", reason="PySpark is not installed "

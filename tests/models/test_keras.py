@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
+REPO = ROOT
 
 SCRIPT = r"""
 import json, sys

@@ -5,13 +5,14 @@ import time
 import faiss
 import numpy as np
 import pytest
-from conftest import ROOT, feature_store, kill_during, structured_vectors
 
 from workflow.errors import ConfigError, WorkflowError
 from workflow.formats.features import feature_markers
 from workflow.formats.index import load_trained
 from workflow.stages.train import TrainConfig, allocate, draw_sample, run
 from workflow.storage.store import Store
+
+from conftest import ROOT, feature_store, kill_during, leftovers, structured_vectors
 
 
 @pytest.mark.parametrize("sizes, total, expected", [
@@ -81,3 +82,4 @@ def test_sigkill_during_train_then_rerun_gives_the_same_index(tmp_path):
     kill_during(cmd(store_path), took, seed=3)
     for name in ("index.faiss", "pca.faiss"):
         assert (store_path / "trained" / name).read_bytes() == (ref / "trained" / name).read_bytes()
+    assert leftovers(store_path) == []

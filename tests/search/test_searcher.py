@@ -5,7 +5,6 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, indexed_store, structured_vectors
 
 from workflow.errors import ConfigError, WorkflowError
 from workflow.index.knn import drop_ids, exact_search, rerank
@@ -13,6 +12,8 @@ from workflow.report.gallery import write_results_page
 from workflow.search.cache import QueryCache
 from workflow.search.modes import MODES, SearchParams
 from workflow.search.searcher import Searcher
+
+from conftest import ROOT, indexed_store, structured_vectors
 
 
 @pytest.fixture(scope="module")

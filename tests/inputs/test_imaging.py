@@ -1,7 +1,6 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import jpeg_bytes
 
 from workflow.demo import exif_rotated_jpeg, make_bad_inputs
 from workflow.inputs.imaging import (
@@ -14,6 +13,8 @@ from workflow.inputs.imaging import (
     reduction_factor,
     sniff,
 )
+
+from conftest import jpeg_bytes
 
 OPTS = ImageOptions(image_size=64)
 
@@ -108,9 +109,9 @@ def test_truncation_and_size_guards():
 
 
 def test_hostile_inputs_get_their_status_and_usable_outputs(tmp_path):
-    from hostile import make_hostile_inputs
-
     from workflow.inputs.imaging import model_input
+
+    from hostile import make_hostile_inputs
     expected = make_hostile_inputs(tmp_path)
     assert len(expected) >= 30 and len(set(expected.values())) == 6
     for name, kind in expected.items():

@@ -7,14 +7,15 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from conftest import ROOT, jpeg_bytes, kill_repeatedly, write_corpus
-from hostile import HostileImageWorker
 
 from workflow.demo import make_bad_inputs
 from workflow.errors import ConfigError, FingerprintMismatch
 from workflow.formats.images import read_image_shard, skip_ids
 from workflow.stages.preprocess import PreprocessConfig, run
 from workflow.storage.store import Store
+
+from conftest import ROOT, jpeg_bytes, kill_repeatedly, leftovers, write_corpus
+from hostile import HostileImageWorker
 
 
 def _cfg(store, sources, tmp_path, **kw):
@@ -163,15 +164,14 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_files(tmp_path):
     kills = kill_repeatedly(cmd(victim), lambda: _shards_done(victim), seed=2024)
     assert kills >= 3
     assert _digest(_image_files(str(victim))) == _digest(_image_files(str(ref)))
-    leftovers = [p for p in Path(victim).rglob("*") if ".tmp-" in p.name]
-    assert leftovers == []
+    assert leftovers(Path(victim)) == []
     assert Store(victim).read_json("_leases/preprocess.json") is None
 
 
 def test_workers_dying_on_everything_stop_the_stage_and_save_nothing(tmp_path):
-    from hostile import BrokenEnvironmentWorker
-
     from workflow.execution.pool import PoolBroken
+
+    from hostile import BrokenEnvironmentWorker
     write_corpus(tmp_path / "src", 30)
     cfg = _cfg(tmp_path / "store", [tmp_path / "src"], tmp_path, shard_size=30)
     with pytest.raises(PoolBroken, match="__main__"):

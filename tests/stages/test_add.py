@@ -6,7 +6,6 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from conftest import ROOT, feature_store, kill_repeatedly, structured_vectors
 
 from workflow.errors import FingerprintMismatch, WorkflowError
 from workflow.formats.index import load_index, load_rerank
@@ -14,6 +13,8 @@ from workflow.stages.add import AddConfig, run
 from workflow.stages.train import TrainConfig
 from workflow.stages.train import run as train
 from workflow.storage.store import Store
+
+from conftest import ROOT, feature_store, kill_repeatedly, leftovers, structured_vectors
 
 
 def _trained(tmp_path, **kw):
@@ -71,7 +72,7 @@ def test_sigkill_during_add_then_resume_gives_the_same_index(tmp_path):
     assert kills >= 2
     for name in ("index.faiss", "rerank.npy"):
         assert (store / "index" / name).read_bytes() == (ref / "index" / name).read_bytes()
-    assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
+    assert leftovers(store) == []
     assert os.path.exists(store / "index" / "parts" / "shard-00019.faiss")
 
 

@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, feature_store, kill_during, structured_vectors
 
 from workflow.errors import WorkflowError
 from workflow.formats.index import load_trained
@@ -14,6 +13,8 @@ from workflow.stages.prefilter import PrefilterConfig, run
 from workflow.stages.train import TrainConfig
 from workflow.stages.train import run as train
 from workflow.storage.store import Store
+
+from conftest import ROOT, feature_store, kill_during, leftovers, structured_vectors
 
 
 def _trained(tmp_path, **kw):
@@ -64,3 +65,4 @@ def test_sigkill_during_prefilter_then_rerun_gives_the_same_file(tmp_path):
     kill_during(cmd(store), took, seed=5)
     assert (store / "prefilter" / "annoy.ann").read_bytes() == \
         (ref / "prefilter" / "annoy.ann").read_bytes()
+    assert leftovers(store) == []

@@ -4,11 +4,12 @@ run's."""
 import logging
 
 import pytest
+
+from workflow.stages import add, evaluate, extract, prefilter, preprocess, train
+
 from campaign import check_clean, compare_stores, reference_run
 from conftest import write_corpus
 from flaky import register
-
-from workflow.stages import add, evaluate, extract, prefilter, preprocess, train
 
 
 def run_all_stages(store: str, corpus, scratch) -> None:

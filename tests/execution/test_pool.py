@@ -1,8 +1,9 @@
 import pytest
-from hostile import square
 
 from workflow.errors import ConfigError
 from workflow.execution.executors import make_executor
+
+from hostile import square
 
 
 def _failure(payload, kind, message):
@@ -32,9 +33,9 @@ def test_unknown_executor_is_refused():
 
 
 def test_workers_that_always_die_stop_the_run_instead_of_failing_every_item():
-    from hostile import always_crash
-
     from workflow.execution.pool import PoolBroken
+
+    from hostile import always_crash
     with pytest.raises(PoolBroken, match="in a row died"):
         with make_executor("process", always_crash, 2, 30, _failure) as ex:
             list(ex.imap_unordered(enumerate(range(100))))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, jpeg_bytes, kill_repeatedly, write_corpus
 
 from workflow.errors import FingerprintMismatch, WorkflowError
 from workflow.formats.features import read_feature_shard
@@ -17,6 +16,8 @@ from workflow.stages.extract import ExtractConfig, run
 from workflow.stages.preprocess import PreprocessConfig
 from workflow.stages.preprocess import run as preprocess
 from workflow.storage.store import Store
+
+from conftest import ROOT, jpeg_bytes, kill_repeatedly, leftovers, write_corpus
 
 SMALL = dict(weights="none", input_size=64, batch_size=4, workers=1, progress=False)
 
@@ -215,7 +216,7 @@ def test_sigkill_during_extract_then_resume_gives_bitwise_identical_features(tmp
     for name in want:
         assert np.array_equal(got[name][0], want[name][0])
         assert np.array_equal(got[name][1], want[name][1])
-    assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
+    assert leftovers(store) == []
 
 
 @pytest.mark.slow
@@ -244,16 +245,20 @@ def test_tflite_models_through_the_stages_reproduce_flowers12_quality(
     assert abs(got - ref_map) <= 0.02, got
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_a_saved_keras_model_gives_the_same_features_on_another_backend(tmp_path, backend):
-    """The lent GPU machines have PyTorch and JAX but no TensorFlow."""
+@pytest.mark.parametrize("backend,suffix", [("tensorflow", ".keras"), ("tensorflow", ".h5"),
+                                            ("torch", ".keras"), ("jax", ".keras")])
+def test_a_saved_keras_model_gives_the_same_features_in_a_new_process(tmp_path, backend,
+                                                                      suffix):
+    """A user's .keras or .h5 model, run by the command line in a new process: with
+    TensorFlow (what CI has), and on PyTorch and JAX (what the lent GPU machines have,
+    without TensorFlow) where they are installed."""
     import importlib.util
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install {backend} to run this test)")
     import keras
     model = keras.applications.EfficientNetB0(include_top=False, weights=None, pooling="avg",
                                               input_shape=(64, 64, 3))
-    path = tmp_path / "b0.keras"
+    path = tmp_path / f"b0{suffix}"
     model.save(path)
     store = _preprocessed(tmp_path, n=6)
     other = tmp_path / "other"

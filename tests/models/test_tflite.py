@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from retrieval_metrics import l2_normalize, precision_at_1, retrieval_map
 
 from workflow.errors import ConfigError
 from workflow.inputs.imaging import model_input
 from workflow.models.registry import ModelSpec, apply_preprocessing
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+from conftest import SHARED_ASSETS
+from retrieval_metrics import l2_normalize, precision_at_1, retrieval_map
+
+ASSETS = SHARED_ASSETS
 FLOWERS = ASSETS / "images" / "flowers12"
 
 # file, embedding tensor, dim, and the reference quality from shared/assets/README.md
