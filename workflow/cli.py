@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -28,101 +29,60 @@ logger = logging.getLogger("workflow")
 
 # ------------------------------------------------------------------ the stages
 
-def preprocess_parser() -> argparse.ArgumentParser:
-    from .stages.preprocess import PreprocessConfig
-    p = _parser("01_preprocess.py", (
+# (script, --help description) of each stage; its options come from its config class
+STAGE_COMMANDS = {
+    "preprocess": ("01_preprocess.py", (
         "Stage 1: decode, orient, convert and resize source images into HDF5 image shards "
         "(images/shard-NNNNN.h5 in the store). Bad images are recorded with a reason, "
         "never fatal. Kill it at any moment and run the same command again: it resumes, "
-        "redoing at most the shard in flight."))
-    add_options(p, PreprocessConfig)
-    return p
-
-
-def run_preprocess(a: argparse.Namespace) -> int:
-    from .stages import preprocess
-    return _exit(preprocess.run(config_from(preprocess.PreprocessConfig, a)))
-
-
-def extract_parser() -> argparse.ArgumentParser:
-    from .stages.extract import ExtractConfig
-    p = _parser("02_extract.py", (
+        "redoing at most the shard in flight.")),
+    "extract": ("02_extract.py", (
         "Stage 2: CNN features for every image shard, L2-normalised, as float16 HDF5 "
         "feature shards (features/shard-NNNNN.h5). Decoding runs in a pool of threads (or "
         "processes: --executor) and overlaps inference; the next shard is read meanwhile. "
-        "Kill it at any moment and run it again: it resumes."))
-    add_options(p, ExtractConfig)
-    return p
-
-
-def run_extract(a: argparse.Namespace) -> int:
-    from .stages import extract
-    return _exit(extract.run(config_from(extract.ExtractConfig, a)))
-
-
-def train_parser() -> argparse.ArgumentParser:
-    from .stages.train import TrainConfig
-    p = _parser("03_train.py", (
+        "Kill it at any moment and run it again: it resumes.")),
+    "train": ("03_train.py", (
         "Stage 3: train an IVF-PQ index (inner product on the normalised features) and "
         "the prefilter's PCA on a seeded sample of the features. The parameters are "
         "chosen from N, d and --memory-budget and printed with their estimated cost "
-        "before training; each can be overridden. A finished train is not redone."))
-    add_options(p, TrainConfig)
-    return p
-
-
-def run_train(a: argparse.Namespace) -> int:
-    from .stages import train
-    return _exit(train.run(config_from(train.TrainConfig, a)))
-
-
-def add_parser() -> argparse.ArgumentParser:
-    from .stages.add import AddConfig
-    p = _parser("04_add.py", (
+        "before training; each can be overridden. A finished train is not redone.")),
+    "add": ("04_add.py", (
         "Stage 4: fill the trained index, one part per feature shard (a killed run "
         "resumes at the first missing part), merge the parts into index/index.faiss (in "
         "memory, or with on-disk inverted lists when the index would not fit), and write "
-        "the float16 re-rank store index/rerank.npy (row = id)."))
-    add_options(p, AddConfig)
-    return p
-
-
-def run_add(a: argparse.Namespace) -> int:
-    from .stages import add
-    return _exit(add.run(config_from(add.AddConfig, a)))
-
-
-def prefilter_parser() -> argparse.ArgumentParser:
-    from .stages.prefilter import PrefilterConfig
-    p = _parser("05_prefilter.py", (
+        "the float16 re-rank store index/rerank.npy (row = id).")),
+    "prefilter": ("05_prefilter.py", (
         "Stage 5: an Annoy index (angular) over the PCA-reduced features, the fast "
         "candidate generator of the hierarchical search. Built on local disk, committed "
-        "when complete; a finished prefilter is not rebuilt."))
-    add_options(p, PrefilterConfig)
-    return p
-
-
-def run_prefilter(a: argparse.Namespace) -> int:
-    from .stages import prefilter
-    return _exit(prefilter.run(config_from(prefilter.PrefilterConfig, a)))
-
-
-def evaluate_parser() -> argparse.ArgumentParser:
-    from .stages.evaluate import EvaluateConfig
-    p = _parser("07_evaluate.py", (
+        "when complete; a finished prefilter is not rebuilt.")),
+    "evaluate": ("07_evaluate.py", (
         "Stage 7: recall@1/10/100 of every search mode against exact search, single-query "
         "latency (p50/p95/p99) and batch queries/s over a sweep of each mode's parameters; "
         "the cheapest setting reaching --target-recall becomes the search default. The "
         "exact top 100 is computed once, block by block, and kept in the store. Writes "
         "evaluation/report.md, report.json and recall_vs_qps.png; with a folder-per-class "
-        "corpus also precision@k by class."))
-    add_options(p, EvaluateConfig)
+        "corpus also precision@k by class.")),
+}
+
+
+def _stage(name: str):
+    """The stage's module and its config class (imported on use: a command loads only
+    what its stage needs)."""
+    import importlib
+    module = importlib.import_module(f".stages.{name}", __package__)
+    return module, module.CONFIG
+
+
+def stage_parser(name: str) -> argparse.ArgumentParser:
+    prog, description = STAGE_COMMANDS[name]
+    p = _parser(prog, description)
+    add_options(p, _stage(name)[1])
     return p
 
 
-def run_evaluate(a: argparse.Namespace) -> int:
-    from .stages import evaluate
-    return _exit(evaluate.run(config_from(evaluate.EvaluateConfig, a)))
+def run_stage(name: str, a: argparse.Namespace) -> int:
+    module, config = _stage(name)
+    return _exit(module.run(config_from(config, a)))
 
 
 # ------------------------------------------------------------------ search, status, reset
@@ -259,12 +219,8 @@ def _run_all(a: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "all": (_all_parser, _run_all),
-    "preprocess": (preprocess_parser, run_preprocess),
-    "extract": (extract_parser, run_extract),
-    "train": (train_parser, run_train),
-    "add": (add_parser, run_add),
-    "prefilter": (prefilter_parser, run_prefilter),
-    "evaluate": (evaluate_parser, run_evaluate),
+    **{name: (functools.partial(stage_parser, name), functools.partial(run_stage, name))
+       for name in STAGE_COMMANDS},
     "search": (search_parser, run_search),
     "status": (status_parser, run_status),
     "reset": (reset_parser, run_reset),

@@ -76,8 +76,3 @@ def test_sigkill_during_add_then_resume_gives_the_same_index(tmp_path):
     assert os.path.exists(store / "index" / "parts" / "shard-00019.faiss")
 
 
-@pytest.mark.parametrize("ids, runs", [([3, 4, 5, 9, 10, 12], [(0, 3), (3, 5), (5, 6)]),
-                                       ([7], [(0, 1)]), ([], [])])
-def test_runs_of_consecutive_ids(ids, runs):
-    from workflow.formats.index import runs as _runs
-    assert _runs(np.array(ids, dtype=np.int64)) == runs

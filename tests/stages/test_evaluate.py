@@ -6,81 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from workflow.index.knn import merge_topk
 from workflow.index.metrics import (
-    class_label,
-    labelled,
-    precision_by_class,
     recall_at,
-    tie_aware_recall,
 )
-from workflow.search.measure import sample_query_ids, sweep_grid, tune
 from workflow.search.searcher import Searcher
 from workflow.stages.evaluate import EvaluateConfig, run
 from workflow.storage.store import Store
 
 from conftest import ROOT, indexed_store, kill_repeatedly, leftovers
-
-
-def test_recall_at_k_by_hand():
-    gt = np.array([[1, 2, 3], [4, 5, -1]])
-    I = np.array([[2, 9, 1], [5, 4, 7]])
-    assert recall_at(I, gt, 1) == 0.0
-    assert recall_at(I, gt, 2) == pytest.approx(3 / 4)
-    assert recall_at(I, gt, 3) == pytest.approx(4 / 5)  # the 2nd query has 2 exact results
-
-
-def test_tie_aware_recall_counts_duplicates_of_exact_neighbours():
-    xb = np.eye(4, dtype=np.float16)
-    xb[3] = xb[1]  # 3 duplicates 1
-    xq = np.array([[0.0, 1.0, 0.0, 0.0]], np.float32)
-    gt_D = np.array([[1.0]], np.float32)  # the exact top 1 is id 1
-    assert tie_aware_recall(np.array([[3]]), xq, xb, gt_D, k=1) == 1.0
-    assert recall_at(np.array([[3]]), np.array([[1]]), 1) == 0.0
-    assert tie_aware_recall(np.array([[0]]), xq, xb, gt_D, k=1) == 0.0
-
-
-def test_precision_by_class_and_labels():
-    labels = ["a", "a", "b", "b", "b"]
-    I = np.array([[1, 2], [0, 4], [3, 4]])
-    mean, per = precision_by_class(I, ["a", "a", "b"], labels, 2)
-    assert per == {"a": pytest.approx(0.5), "b": 1.0} and mean == pytest.approx(2 / 3)
-    assert class_label("train/daisy/x.jpg") == "daisy" and class_label("x.jpg") == ""
-    assert labelled(["a", "a", "b", "b"]) and not labelled(["a", "b"])
-    assert not labelled(["a", "a", ""])
-
-
-def test_merge_topk_keeps_the_best_and_orders_ties_by_id():
-    D, I = merge_topk(np.array([[0.9, 0.5]]), np.array([[7, 3]]),
-                      np.array([[0.9, 0.8]]), np.array([[2, 5]]), 3)
-    assert I.tolist() == [[2, 7, 5]] and D[0].tolist() == pytest.approx([0.9, 0.9, 0.8])
-
-
-@pytest.mark.parametrize("points, target, want", [
-    ([{"recall@10": 0.9, "p50_ms": 1, "qps": 10}, {"recall@10": 0.97, "p50_ms": 3, "qps": 5},
-      {"recall@10": 0.99, "p50_ms": 2, "qps": 6}], 0.95, (2, True)),
-    ([{"recall@10": 0.9, "p50_ms": 1, "qps": 10}, {"recall@10": 0.93, "p50_ms": 3, "qps": 5}],
-     0.95, (1, False)),
-    ([{"recall@10": 0.96, "p50_ms": 1, "qps": 10}, {"recall@10": 0.99, "p50_ms": 1, "qps": 20}],
-     0.95, (1, True)),
-])
-def test_tune_picks_the_cheapest_setting_reaching_the_target(points, target, want):
-    assert tune(points, target) == want
-
-
-def test_sweep_grids_fit_the_index():
-    assert [p.nprobe for p in sweep_grid("ivfpq", 8, 600)] == [1, 2, 4, 8]
-    assert {p.rerank for p in sweep_grid("ivfpq+rerank", 4096, 120)} == {50, 100, 120}
-    assert len(sweep_grid("exact", 1, 10)) == 1
-    assert all(p.annoy <= 30 for p in sweep_grid("hierarchical", 4, 30))
-
-
-def test_query_sample_is_seeded_and_skips_items_without_features():
-    xb = np.ones((50, 4), np.float16)
-    xb[::3] = 0
-    a, b = sample_query_ids(xb, 20, 1), sample_query_ids(xb, 20, 1)
-    assert np.array_equal(a, b) and len(a) == 20 and not (a % 3 == 0).any()
-    assert len(sample_query_ids(xb, 1000, 0)) == 33
 
 
 @pytest.fixture(scope="module")

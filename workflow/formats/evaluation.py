@@ -49,4 +49,10 @@ def read_search_defaults(store: Store) -> dict:
 
 
 def search_defaults_json(defaults: dict) -> bytes:
+    """The bytes of `search_defaults.json`."""
     return json.dumps(defaults, indent=1).encode()
+
+
+def report_json(report: dict) -> bytes:
+    """The bytes of `report.json`: everything measured, with the date and the machine."""
+    return json.dumps(report, indent=1).encode()

@@ -64,6 +64,9 @@ class AddConfig(StageConfig):
         ]
 
 
+CONFIG = AddConfig  # the stage's settings; the command line is built from its fields
+
+
 @dataclass
 class AddResult:
     complete: bool

@@ -27,7 +27,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DeadlineReached, WorkflowError
-from ..formats.evaluation import commit_bytes, commit_npz, load_npz, search_defaults_json
+from ..formats.evaluation import (
+    commit_bytes,
+    commit_npz,
+    load_npz,
+    report_json,
+    search_defaults_json,
+)
 from ..formats.features import feature_markers, fetch_features
 from ..formats.layout import (
     ADD,
@@ -106,6 +112,9 @@ class EvaluateConfig(StageConfig):
             r("query_dir", self.query_dir is None or os.path.isdir(self.query_dir),
               f"{self.query_dir} is not a folder"),
         ]
+
+
+CONFIG = EvaluateConfig  # the stage's settings; the command line is built from its fields
 
 
 @dataclass
@@ -338,7 +347,7 @@ def _precision(cfg, searcher: Searcher, q: dict, sweeps: dict, tuned: dict) -> d
 
 def _commit_report(run: StageRun, report: dict) -> None:
     files = {
-        "report": (REPORT_JSON, json.dumps(report, indent=1).encode()),
+        "report": (REPORT_JSON, report_json(report)),
         "report-md": (REPORT_MD, report_markdown(report).encode()),
         "plot": (PLOT_FILE, recall_qps_plot(report)),
         "defaults": (DEFAULTS_FILE, search_defaults_json(search_defaults(report))),

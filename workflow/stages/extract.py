@@ -107,6 +107,9 @@ class ExtractConfig(StageConfig):
                          self.preprocessing, self.embedding_tensor)
 
 
+CONFIG = ExtractConfig  # the stage's settings; the command line is built from its fields
+
+
 @dataclass
 class ExtractResult:
     complete: bool

@@ -41,6 +41,9 @@ class PrefilterConfig(StageConfig):
             self.require("trees", self.trees is None or self.trees >= 1, "must be >= 1")]
 
 
+CONFIG = PrefilterConfig  # the stage's settings; the command line is built from its fields
+
+
 @dataclass
 class PrefilterResult:
     complete: bool

@@ -90,6 +90,9 @@ class PreprocessConfig(StageConfig):
         return ImageOptions(self.image_size, self.jpeg_quality, self.max_pixels)
 
 
+CONFIG = PreprocessConfig  # the stage's settings; the command line is built from its fields
+
+
 @dataclass
 class PreprocessResult:
     complete: bool

@@ -63,6 +63,9 @@ class TrainConfig(StageConfig):
         ]
 
 
+CONFIG = TrainConfig  # the stage's settings; the command line is built from its fields
+
+
 @dataclass
 class TrainResult:
     complete: bool
