@@ -18,11 +18,16 @@ from collections.abc import Callable, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import WorkflowError
-from .options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_options, config_from
+from .options import (
+    DEFAULT_STORE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_options,
+    config_from,
+)
 from .options import finish as _exit
 from .options import parser as _parser
-
-DEFAULT_STORE = "checkpoints/store"
 
 logger = logging.getLogger("workflow")
 

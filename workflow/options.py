@@ -15,6 +15,7 @@ from typing import Any
 _MISSING = dataclasses.MISSING
 EXIT_OK, EXIT_ERROR, EXIT_RESUMABLE, EXIT_INTERRUPTED = 0, 2, 3, 130
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+DEFAULT_STORE = "checkpoints/store"
 
 
 def parser(prog: str, description: str, log_level: str = "INFO") -> argparse.ArgumentParser:

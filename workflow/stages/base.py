@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..errors import DeadlineReached, check_settings
 from ..formats.layout import stage_folders
-from ..options import flag_of, opt
+from ..options import DEFAULT_STORE, flag_of, opt
 from ..storage.lease import Lease
 from ..storage.store import Store
 
@@ -33,7 +33,7 @@ RUN_CONTROL = "store and run control"
 @dataclass(frozen=True)
 class StageConfig:
     """The settings every stage has, then the stage's own (subclasses add fields)."""
-    store: str = opt("checkpoints/store", "store root: a local folder (e.g. a mounted Drive "
+    store: str = opt(DEFAULT_STORE, "store root: a local folder (e.g. a mounted Drive "
                      "folder) or an fsspec URL (gs://, s3://, memory://)", group=RUN_CONTROL)
     scratch: str | None = opt(None, "local scratch folder for work in progress (default: "
                               "$WORKFLOW_SCRATCH or a folder under /tmp)", group=RUN_CONTROL)
