@@ -181,7 +181,8 @@ def _recalls(store: Path) -> dict:
 def check_clean(store: Path) -> None:
     """No temporary or orphan file; every id exactly once; one marker per unit."""
     files = {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()}
-    assert not [f for f in files if TMP_TAG in f], "temporary files left in the store"
+    tmp = sorted(f for f in files if TMP_TAG in f)
+    assert not tmp, f"temporary files left in the store: {tmp}"
     markers = [json.loads((store / f).read_text()) for f in files if f.startswith("_done/")]
     marked = [m["path"] for m in markers]
     assert len(marked) == len(set(marked)), "a file is marked done twice"

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,13 @@ def test_a_stage_started_while_another_run_holds_it(tmp_path):
                             text=True)
     assert waited.returncode == 0, waited.stderr[-2000:]
     assert "waiting" in waited.stderr and "train complete" in waited.stdout
+
+
+def test_temporary_lease_files_of_killed_runs_are_removed_by_the_next_holder(store):
+    lease_dir = Path(store.root) / "_leases"
+    lease_dir.mkdir(parents=True, exist_ok=True)
+    (lease_dir / "extract.json.tmp-d4126fa1").write_text("{")  # killed mid-heartbeat
+    (lease_dir / "train.json.tmp-0000abcd").write_text("{")    # another stage's
+    with Lease(store, "extract"):
+        assert sorted(p.name for p in lease_dir.iterdir()) == ["extract.json",
+                                                               "train.json.tmp-0000abcd"]

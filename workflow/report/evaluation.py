@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from ..search.modes import K_MEASURED
+
 PRECISION_AT = (1, 10)
 
 
@@ -30,7 +32,8 @@ def report_markdown(report: dict) -> str:
              "of every result list",
              f"- recall@k against exact search; tie-aware recall@10 counts a result whose "
              f"exact score is within {report['tie_epsilon']} of the 10th exact score",
-             "- latency: single queries (k=10), one at a time; queries/s: batches (k=10)", "",
+             f"- latency: single queries (k={K_MEASURED}), one at a time; queries/s: batches "
+             f"(k={K_MEASURED})", "",
              f"## Each mode at its tuned setting (cheapest with recall@10 >= "
              f"{report['target_recall']})", "", tuned_table(report), ""]
     c = report.get("cache")

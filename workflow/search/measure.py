@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import WorkflowError
 from ..index.metrics import recall_at, tie_aware_recall
-from .modes import SearchParams
+from .modes import K_MEASURED, SearchParams
 from .searcher import Searcher
 
 
@@ -57,13 +57,14 @@ def _batched(cfg, searcher: Searcher, mode: str, p: SearchParams, xq, excl, k: i
 def measure(cfg, searcher: Searcher, mode: str, p: SearchParams, q: dict, k_gt: int):
     """One setting: recall against the ground truth, batch queries/s, single-query latency.
 
-    Searches ask for 10 results (recall@1, recall@10, queries/s, latency), and once more
-    for 100 (recall@100): with candidate-based modes, asking for more looks further."""
+    Searches ask for K_MEASURED (10) results (recall@1, recall@10, queries/s, latency),
+    and once more for `k_gt` (recall@100): with candidate-based modes, asking for more
+    looks further."""
     xq, qids, gt_D, gt_I = q["xq"], q["query_ids"], q["D"], q["I"]
     excl = np.where(qids >= 0, qids, -2)
-    searcher.search_vectors(xq[:1], 10, mode, p, excl[:1])  # warm-up
+    searcher.search_vectors(xq[:1], K_MEASURED, mode, p, excl[:1])  # warm-up
     t = time.perf_counter()
-    I10 = _batched(cfg, searcher, mode, p, xq, excl, 10)
+    I10 = _batched(cfg, searcher, mode, p, xq, excl, K_MEASURED)
     qps = len(xq) / (time.perf_counter() - t)
     I100 = _batched(cfg, searcher, mode, p, xq, excl, k_gt)
     n_lat = min(cfg.latency_queries, len(xq))
@@ -72,7 +73,7 @@ def measure(cfg, searcher: Searcher, mode: str, p: SearchParams, q: dict, k_gt: 
     lat = []
     for i in range(n_lat):
         t = time.perf_counter()
-        searcher.search_vectors(xq[i:i + 1], 10, mode, p, excl[i:i + 1])
+        searcher.search_vectors(xq[i:i + 1], K_MEASURED, mode, p, excl[i:i + 1])
         lat.append(time.perf_counter() - t)
     ms = np.percentile(np.array(lat) * 1e3, [50, 95, 99])
     point = {"params": p.for_mode(mode), "qps": qps, "latency_queries": n_lat,

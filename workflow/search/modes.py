@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields
 
 from ..errors import ConfigError
 
+# Results per query when recall@10, queries/s and latency are measured (evaluate).
+K_MEASURED = 10
+
 MODES = ("exact", "ivfpq", "ivfpq+rerank", "annoy+rerank", "hierarchical")
 
 @dataclass(frozen=True)

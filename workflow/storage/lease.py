@@ -85,16 +85,25 @@ class Lease:
             logger.info("the %s stage is held by %s; waiting (up to %.0f s more)", self.stage,
                         self.describe(other), until - time.monotonic())
             time.sleep(min(self.poll, max(0.0, until - time.monotonic())))
-        self.store.write_json(self.rel, self._record())
+        try:
+            self.store.write_json(self.rel, self._record())
+        except FileNotFoundError:  # our temporary file was removed by the run that won
+            raise self._lost_race() from None
         time.sleep(0.05)
         now = self.store.read_json(self.rel)
         if not now or now.get("holder") != self.holder:
-            raise LeaseError(f"another run took the {self.stage} lease at the same moment "
-                             f"({self.describe(now or {})}); run one at a time")
+            raise self._lost_race()
+        # temporary lease files of runs killed while writing the lease (a heartbeat)
+        self.store.remove_temporary(LEASE_DIR, f"{self.stage}.json")
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.stage}",
                                         daemon=True)
         self._thread.start()
         return self
+
+    def _lost_race(self) -> LeaseError:
+        now = self.store.read_json(self.rel) or {}
+        return LeaseError(f"another run took the {self.stage} lease at the same moment "
+                          f"({self.describe(now)}); run one at a time")
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
