@@ -66,3 +66,14 @@ def test_sigkill_during_prefilter_then_rerun_gives_the_same_file(tmp_path):
     assert (store / "prefilter" / "annoy.ann").read_bytes() == \
         (ref / "prefilter" / "annoy.ann").read_bytes()
     assert leftovers(store) == []
+
+
+def test_a_build_that_does_not_fit_in_max_minutes_is_not_started(tmp_path, caplog):
+    store = _trained(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "workflow", "prefilter", "--store", str(store),
+                        "--max-minutes", "1e-6", "--no-progress"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "do not fit in --max-minutes" in r.stderr and "not started" in r.stdout
+    assert Store(store).marker("prefilter", "annoy") is None
+    assert run(PrefilterConfig(store=str(store), progress=False)).complete

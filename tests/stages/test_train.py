@@ -83,3 +83,10 @@ def test_sigkill_during_train_then_rerun_gives_the_same_index(tmp_path):
     for name in ("index.faiss", "pca.faiss"):
         assert (store_path / "trained" / name).read_bytes() == (ref / "trained" / name).read_bytes()
     assert leftovers(store_path) == []
+
+
+def test_a_training_that_does_not_fit_in_max_minutes_is_not_started(tmp_path):
+    store_path = feature_store(tmp_path)
+    res = run(TrainConfig(store=str(store_path), max_minutes=1e-9, progress=False))
+    assert not res.complete and Store(store_path).marker("train", "index") is None
+    assert run(TrainConfig(store=str(store_path), progress=False)).complete
