@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..storage.store import Marker, Store
+from ..storage.marker import Marker
+from ..storage.store import Store
 from .layout import DEFAULTS_FILE, EVALUATE
 
 

@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 
 from ..errors import WorkflowError
-from ..storage.store import Marker, Store
+from ..storage.marker import Marker
+from ..storage.store import Store
 from .layout import EXTRACT, PREPROCESS, is_shard
 
 FORMAT_VERSION = 1

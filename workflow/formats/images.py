@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 
 from ..inputs.imaging import ImageResult, Status
-from ..storage.store import Marker, Store
+from ..storage.marker import Marker
+from ..storage.store import Store
 from .layout import REPORT_FILE
 
 FORMAT_VERSION = 1

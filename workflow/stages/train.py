@@ -22,7 +22,8 @@ from ..formats.index import write_trained
 from ..formats.layout import EXTRACT, PCA_FILE, TRAIN, TRAINED_INDEX_FILE
 from ..index.estimate import IndexPlan, plan_index
 from ..options import opt, size_option
-from ..storage.store import Marker, Store
+from ..storage.marker import Marker
+from ..storage.store import Store
 from ..utils import Timeit
 from .base import StageConfig, StageRun
 

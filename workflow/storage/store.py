@@ -12,11 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import fsspec
 from ..errors import CorruptFile, FingerprintMismatch, StoreError
 from ..utils import retry_io, sha256_file
 from .fingerprint import diff_settings, fingerprint
+from .marker import Marker
 
 logger = logging.getLogger(__name__)
 
@@ -40,30 +39,6 @@ def default_scratch(store_url: str) -> Path:
         os.environ.get("TMPDIR", "/tmp"), "workflow-scratch")
     tag = hashlib.sha256(store_url.encode()).hexdigest()[:10]
     return Path(base) / tag
-
-
-@dataclass(frozen=True)
-class Marker:
-    """What `_done/<stage>/<unit>.json` says about a committed file."""
-    stage: str
-    unit: str
-    path: str
-    size: int
-    sha256: str
-    fingerprint: str
-    extra: dict
-
-    def to_json(self) -> dict:
-        return {"stage": self.stage, "unit": self.unit, "path": self.path, "size": self.size,
-                "sha256": self.sha256, "fingerprint": self.fingerprint,
-                "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "host": socket.gethostname(), **self.extra}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Marker:
-        known = {"stage", "unit", "path", "size", "sha256", "fingerprint", "committed", "host"}
-        return cls(d["stage"], d["unit"], d["path"], int(d["size"]), d["sha256"],
-                   d["fingerprint"], {k: v for k, v in d.items() if k not in known})
 
 
 class Store:
