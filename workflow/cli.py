@@ -28,6 +28,7 @@ from .options import (
 )
 from .options import finish as _exit
 from .options import parser as _parser
+from .pipeline import all_parser, run_all
 
 logger = logging.getLogger("workflow")
 
@@ -212,18 +213,8 @@ def run_reset(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ running a command
 
-def _all_parser() -> argparse.ArgumentParser:
-    from .pipeline import all_parser
-    return all_parser()
-
-
-def _run_all(a: argparse.Namespace) -> int:
-    from .pipeline import run_all
-    return run_all(a)
-
-
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
-    "all": (_all_parser, _run_all),
+    "all": (all_parser, run_all),
     **{name: (functools.partial(stage_parser, name), functools.partial(run_stage, name))
        for name in STAGE_COMMANDS},
     "search": (search_parser, run_search),

@@ -105,7 +105,7 @@ def add_options(parser: argparse.ArgumentParser, cls, only: Iterable[str] | None
         target = parser
         if cli["group"]:
             if cli["group"] not in groups:
-                groups[cli["group"]] = _group(parser, cli["group"])
+                groups[cli["group"]] = parser.add_argument_group(cli["group"])
             target = groups[cli["group"]]
         kwargs = {**cli["kwargs"], "default": defaults.get(f.name, _default(f))}
         if kwargs.get("action") in ("extend", "append") and kwargs["default"] is not None:
@@ -118,13 +118,6 @@ def add_options(parser: argparse.ArgumentParser, cls, only: Iterable[str] | None
             help_text += " [default: %(default)s]"
         target.add_argument(flag_of(cls, f.name), dest=dest_of(cls, f.name), help=help_text,
                             **kwargs)
-
-
-def _group(parser: argparse.ArgumentParser, title: str):
-    for g in parser._action_groups:  # an existing section of the same title is reused
-        if g.title == title:
-            return g
-    return parser.add_argument_group(title)
 
 
 def config_from(cls, args: argparse.Namespace, **overrides):

@@ -33,7 +33,10 @@ def commit_bytes(store: Store, rel: str, unit: str, fp: str, extra: dict | None,
     work.mkdir(parents=True, exist_ok=True)
     path = work / Path(rel).name
     with open(path, "wb") as f:
-        write(f) if callable(write) else f.write(write)
+        if callable(write):
+            write(f)
+        else:
+            f.write(write)
     store.commit(path, rel, EVALUATE, unit, fp, extra)
     path.unlink()
 

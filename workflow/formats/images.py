@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 
 from ..inputs.imaging import ImageResult, Status
-from ..storage.marker import Marker
 from ..storage.store import Store
 from .layout import REPORT_FILE
 
@@ -122,15 +121,15 @@ def read_for_model(path, skip: set[int]) -> tuple[np.ndarray, list[bytes]]:
         return ids[rows], [stored[i].tobytes() for i in rows]
 
 
-def read_outcomes(store: Store, marker: Marker) -> tuple[np.ndarray, ...]:
-    """(ids, status, content hashes, reasons) of a committed shard, read in the store."""
-    with store.fs.open(store.path(marker.path), "rb") as fh, h5py.File(fh, "r") as f:
+def read_outcomes(store: Store, rel: str) -> tuple[np.ndarray, ...]:
+    """(ids, status, content hashes, reasons) of the shard at `rel`, read in the store."""
+    with store.fs.open(store.path(rel), "rb") as fh, h5py.File(fh, "r") as f:
         return f["ids"][:], f["status"][:], f["content_hash"][:], f["reason"].asstr()[:]
 
 
-def read_stored_jpegs(store: Store, marker: Marker, offsets: list[int]) -> list[bytes]:
-    """The stored JPEGs at these row offsets of a committed shard, read in the store."""
-    with store.fs.open(store.path(marker.path), "rb") as fh, h5py.File(fh, "r") as f:
+def read_stored_jpegs(store: Store, rel: str, offsets: list[int]) -> list[bytes]:
+    """The stored JPEGs at these row offsets of the shard at `rel`, read in the store."""
+    with store.fs.open(store.path(rel), "rb") as fh, h5py.File(fh, "r") as f:
         return [bytes(f["jpeg"][o]) for o in offsets]
 
 

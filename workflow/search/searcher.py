@@ -286,7 +286,7 @@ class Searcher:
             if m is None:
                 continue
             members = sorted(members)
-            jpegs = read_stored_jpegs(self.store, m, [i - int(bounds[s]) for i in members])
+            jpegs = read_stored_jpegs(self.store, m.path, [i - int(bounds[s]) for i in members])
             out.update(zip(members, jpegs))
         return out
 

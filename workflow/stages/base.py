@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..errors import DeadlineReached, check_settings
 from ..formats.layout import stage_folders
@@ -89,7 +90,7 @@ class StageRun:
     def seconds(self) -> float:
         return time.monotonic() - self.t0
 
-    @property
+    @cached_property
     def work(self):
         """This stage's folder in local scratch (created)."""
         path = self.store.scratch / self.stage

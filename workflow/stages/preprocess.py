@@ -333,7 +333,7 @@ def _write_report(store: Store, plan: Plan, fp: str, drop: bool) -> None:
     groups: dict[int, list[int]] = {}
     failures, totals = [], {"ok": 0}
     for i in range(plan.n_shards):
-        ids, status, hashes, reasons = read_outcomes(store, store.marker(STAGE, shard_name(i)))
+        ids, status, hashes, reasons = read_outcomes(store, f"{IMAGES}/{shard_name(i)}.h5")
         for id_, s, h, why in zip(ids.tolist(), status.tolist(), hashes.tolist(), reasons):
             if s != Status.OK:
                 label = Status(s).label
