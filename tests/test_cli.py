@@ -1,17 +1,20 @@
 """The command line, derived from the config fields: every option once, with the config's
-default; validation messages that name the flag; run_all's configs built stage by stage."""
+default; validation messages that name the flag; run_all's configs built stage by stage,
+under one --max-minutes deadline for the whole job."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from workflow import cli
-from workflow.options import config_from, dest_of, flag_of
-from workflow.pipeline import all_parser, stage_configs
+from workflow import cli, pipeline
+from workflow.options import EXIT_OK, EXIT_RESUMABLE, config_from, dest_of, flag_of
+from workflow.pipeline import all_parser, run_all, stage_configs
 from workflow.stages.add import AddConfig
 from workflow.stages.evaluate import EvaluateConfig
 from workflow.stages.extract import ExtractConfig
@@ -75,6 +78,52 @@ def test_run_all_builds_one_config_per_stage_from_one_command_line():
     spark = stage_configs(all_parser().parse_args(["--executor", "spark"]), weights="none")
     assert spark["add"].executor == spark["extract"].executor == "spark"
     assert spark["extract"].weights == "none"
+
+
+def _fake_stages(monkeypatch, takes: dict[str, float], stops_early: str | None = None):
+    """Stages that take `takes[stage]` seconds of a fake clock (`stops_early` stops early
+    for its deadline) and record the max_minutes each was given."""
+    import workflow.report.gallery
+    import workflow.stages.status
+    clock, given = [1000.0], []
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def fake(stage):
+        def run(cfg):
+            given.append((stage, cfg.max_minutes))
+            clock[0] += takes.get(stage, 1.0)
+            return SimpleNamespace(complete=stage != stops_early,
+                                   summary=lambda: f"{stage} done")
+        return run
+    for stage in pipeline.STAGES:
+        monkeypatch.setattr(f"workflow.stages.{stage}.run", fake(stage))
+    monkeypatch.setattr(workflow.stages.status, "status_report", lambda store: "status")
+    monkeypatch.setattr(workflow.report.gallery, "commit_results_page", lambda store: "page")
+    return given
+
+
+def _run_all(tmp_path, *args) -> int:
+    return run_all(all_parser().parse_args(["--source", "s", "--store", str(tmp_path / "st"),
+                                            "--scratch", str(tmp_path / "sc"), *args]))
+
+
+def test_run_all_max_minutes_is_one_deadline_for_the_whole_job(tmp_path, monkeypatch):
+    given = _fake_stages(monkeypatch, {"preprocess": 240}, stops_early="extract")
+    assert _run_all(tmp_path, "--max-minutes", "10") == EXIT_RESUMABLE
+    # extract got what preprocess left, stopped early, and nothing after it started
+    assert given == [("preprocess", 10), ("extract", 6)]
+    given = _fake_stages(monkeypatch, {})
+    assert _run_all(tmp_path) == EXIT_OK  # no deadline: every stage, none given one
+    assert given == [(stage, None) for stage in pipeline.STAGES]
+
+
+def test_run_all_stops_before_a_stage_when_no_time_is_left(tmp_path, monkeypatch, caplog):
+    given = _fake_stages(monkeypatch, {"preprocess": 120, "extract": 190})  # 5 min in all
+    with caplog.at_level(logging.WARNING, logger="workflow"):
+        assert _run_all(tmp_path, "--max-minutes", "5") == EXIT_RESUMABLE
+    assert given == [("preprocess", 5), ("extract", 3)]  # both complete; train never starts
+    assert "--max-minutes 5 used up before the train stage" in caplog.text
+    assert "re-run the same command (python scripts/run_all.py" in caplog.text
 
 
 def test_the_same_field_under_two_flags_keeps_two_destinations():

@@ -3,11 +3,13 @@ from one explicit config built from the shared command line, then the status."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import time
 
 from .errors import WorkflowError
-from .options import EXIT_OK, add_options, config_from
+from .options import EXIT_OK, EXIT_RESUMABLE, add_options, config_from
 from .options import finish as _exit
 from .options import parser as _parser
 
@@ -16,6 +18,7 @@ logger = logging.getLogger("workflow")
 MODEL_OPTIONS = ("model", "weights", "input_size", "pooling", "preprocessing",
                  "embedding_tensor", "batch_size", "mixed_precision", "xla")
 EVALUATE_OPTIONS = ("queries", "query_dir", "target_recall")
+STAGES = ("preprocess", "extract", "train", "add", "prefilter", "evaluate")
 
 
 def all_parser() -> argparse.ArgumentParser:
@@ -31,7 +34,9 @@ def all_parser() -> argparse.ArgumentParser:
         "recall table of every search mode and writes a result page "
         "(evaluation/results.html in the store). Where the ImageNet weights cannot be "
         "downloaded and neither --model nor --weights is given, extract says so and goes "
-        "on with random weights (the workflow runs; visual similarity is meaningless)."))
+        "on with random weights (the workflow runs; visual similarity is meaningless). "
+        "--max-minutes is one deadline for the whole job: each stage gets the time that is "
+        "left, and the job stops (exit status 3) at the first stage that runs out of it."))
     add_options(p, PreprocessConfig)
     # None: left to the stage, and tells a chosen model from the default one
     add_options(p, ExtractConfig, only=MODEL_OPTIONS, defaults={"model": None, "weights": None})
@@ -77,6 +82,8 @@ def stage_configs(a: argparse.Namespace, weights: str | None = None) -> dict:
 
 
 def run_all(a: argparse.Namespace) -> int:
+    """Every stage in order, under one deadline (--max-minutes): each stage is given the
+    minutes left; the job stops (EXIT_RESUMABLE) at the first stage that stops early."""
     from .report.gallery import commit_results_page
     from .stages import add, evaluate, prefilter, preprocess, train
     from .stages.status import status_report
@@ -86,13 +93,21 @@ def run_all(a: argparse.Namespace) -> int:
             raise WorkflowError("give either --demo or --source, not both")
         a.source = demo_sources(a.demo_dir, a.demo_n)
     cfgs = stage_configs(a)
-    code = _exit(preprocess.run(cfgs["preprocess"]))
-    if code == EXIT_OK:
-        code = _extract(a, cfgs["extract"])
-    for stage, module in (("train", train), ("add", add), ("prefilter", prefilter),
-                          ("evaluate", evaluate)):
-        if code == EXIT_OK:
-            code = _exit(module.run(cfgs[stage]))
+    modules = {"preprocess": preprocess, "train": train, "add": add, "prefilter": prefilter,
+               "evaluate": evaluate}
+    # a value that is not positive is left to the stages, which refuse it
+    deadline = time.monotonic() + a.max_minutes * 60 if (a.max_minutes or 0) > 0 else None
+    code = EXIT_OK
+    for stage in STAGES:
+        cfg = _with_time_left(cfgs[stage], deadline)
+        if cfg is None:
+            code = _out_of_time(a, stage)
+        elif stage == "extract":
+            code = _extract(a, cfg, deadline)
+        else:
+            code = _exit(modules[stage].run(cfg))
+        if code != EXIT_OK:
+            break
     store = Store(a.store, a.scratch)
     if code == EXIT_OK:
         print(f"result page: {commit_results_page(store)}")
@@ -100,7 +115,23 @@ def run_all(a: argparse.Namespace) -> int:
     return code
 
 
-def _extract(a: argparse.Namespace, cfg) -> int:
+def _with_time_left(cfg, deadline: float | None):
+    """`cfg` with max_minutes set to the minutes left before `deadline`; None when none
+    are left; `cfg` itself without a deadline."""
+    if deadline is None:
+        return cfg
+    left = (deadline - time.monotonic()) / 60
+    return dataclasses.replace(cfg, max_minutes=left) if left > 0 else None
+
+
+def _out_of_time(a: argparse.Namespace, stage: str) -> int:
+    logger.warning("--max-minutes %g used up before the %s stage; re-run the same command "
+                   "(python scripts/run_all.py ..., or python -m workflow all ...) to resume "
+                   "from there", a.max_minutes, stage)
+    return EXIT_RESUMABLE
+
+
+def _extract(a: argparse.Namespace, cfg, deadline: float | None = None) -> int:
     from .models.registry import OfflineWeightsError
     from .stages import extract
     try:
@@ -111,7 +142,8 @@ def _extract(a: argparse.Namespace, cfg) -> int:
         logger.warning("%s\nGoing on with RANDOM weights (--weights none): every stage runs "
                        "and agreement with exact search is measured, but neighbours will "
                        "not look alike. Pass --weights to choose.", e)
-        return _exit(extract.run(stage_configs(a, weights="none")["extract"]))
+        cfg = _with_time_left(dataclasses.replace(cfg, weights="none"), deadline)
+        return _out_of_time(a, "extract") if cfg is None else _exit(extract.run(cfg))
 
 
 def demo_sources(folder: str, n: int) -> list[str]:

@@ -1,12 +1,15 @@
+import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from workflow.errors import LeaseError
-from workflow.storage.lease import Lease, read_leases
+from workflow.storage.lease import Lease, proc_stat, read_leases
 from workflow.storage.store import Store
 
 
@@ -32,6 +35,54 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over(store):
     store.write_json(old.rel, {**old._record(), "pid": dead.pid})
     with Lease(store, "preprocess") as new:
         assert store.read_json(new.rel)["holder"] == new.holder
+
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/stat"),
+                                reason="needs Linux's /proc")
+
+
+@needs_proc
+def test_lease_of_a_killed_run_left_a_zombie_is_taken_over_at_once(store):
+    """A run killed with SIGKILL whose parent has not reaped it (a container whose PID 1
+    reaps no orphans) is a zombie: os.kill(pid, 0) still succeeds, yet it is dead."""
+    from conftest import ROOT
+    code = textwrap.dedent(f"""
+        import time
+        from workflow.storage.lease import Lease
+        from workflow.storage.store import Store
+        Lease(Store({store.root!r}, scratch={str(store.scratch)!r}), "preprocess").acquire()
+        print("held", flush=True)
+        time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert read_leases(store)["preprocess"]["pid"] == child.pid
+        os.kill(child.pid, signal.SIGKILL)  # and no wait(): it stays a zombie
+        until = time.monotonic() + 10
+        while proc_stat(child.pid)[0] != "Z" and time.monotonic() < until:
+            time.sleep(0.02)
+        assert proc_stat(child.pid)[0] == "Z"
+        t = time.monotonic()
+        with Lease(store, "preprocess") as new:  # no LeaseError, no waiting
+            assert store.read_json(new.rel)["holder"] == new.holder
+        assert time.monotonic() - t < 5
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+@needs_proc
+def test_lease_of_a_live_pid_with_another_start_time_is_taken_over(store):
+    """The pid was reused: the process that holds it now is not the run that took the
+    lease (its start time differs from the one recorded)."""
+    old = Lease(store, "preprocess")  # this live process, as far as host and pid go
+    store.write_json(old.rel, {**old._record(), "started": old.started + 1})
+    with Lease(store, "preprocess") as new:
+        assert store.read_json(new.rel)["holder"] == new.holder
+        assert store.read_json(new.rel)["started"] == old.started
 
 
 def test_stale_heartbeat_is_taken_over_and_the_old_holder_notices(store):

@@ -16,7 +16,31 @@ logger = logging.getLogger(__name__)
 LEASE_DIR = "_leases"
 
 
-def pid_alive(pid: int) -> bool:
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of process `pid`, from fields 3 and 22
+    of /proc/<pid>/stat; None where that cannot be read (no /proc, as on macOS)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (OSError, ValueError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the name in (...) may hold spaces
+    return fields[0], int(fields[19])
+
+
+def process_start(pid: int) -> int | None:
+    """Process `pid`'s start time (to tell it from a later process given the same pid)."""
+    stat = proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process `pid` of this host runs: a zombie (killed, not yet reaped) or dead
+    one does not, nor, where `started` is given, a later process that reuses the pid."""
+    stat = proc_stat(pid)
+    if stat is not None:
+        state, start = stat
+        return state not in ("Z", "X") and (started is None or start == started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,9 +55,11 @@ class Lease:
 
     The holder's heartbeat is refreshed every `heartbeat` seconds by a daemon thread. A
     lease whose heartbeat is older than `stale_after` seconds, or whose holder was a
-    process on this host that no longer exists, is taken over; `takeover=True` takes
-    any lease. A lease held by a live run makes this one wait up to `wait` seconds for
-    it, then raise. `check()` raises if another run has taken the lease since.
+    process on this host that no longer runs (gone, a zombie, or its pid now another
+    process's, told by the start time recorded as "started"), is taken over;
+    `takeover=True` takes any lease. A lease held by a live run makes this one wait up to
+    `wait` seconds for it, then raise. `check()` raises if another run has taken the
+    lease since.
     """
 
     def __init__(self, store: Store, stage: str, stale_after: float = 300.0,
@@ -45,13 +71,14 @@ class Lease:
         self.stale_after, self.heartbeat, self.takeover = stale_after, heartbeat, takeover
         self.holder = uuid.uuid4().hex
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started = process_start(self.pid)
         self._stop = threading.Event()
         self._lost: str | None = None
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict:
         return {"holder": self.holder, "host": self.host, "pid": self.pid,
-                "stage": self.stage, "heartbeat": time.time()}
+                "started": self.started, "stage": self.stage, "heartbeat": time.time()}
 
     def describe(self, other: dict) -> str:
         age = time.time() - float(other.get("heartbeat", 0))
@@ -61,7 +88,8 @@ class Lease:
     def _is_stale(self, other: dict) -> bool:
         if time.time() - float(other.get("heartbeat", 0)) > self.stale_after:
             return True
-        return other.get("host") == self.host and not pid_alive(int(other.get("pid", -1)))
+        return other.get("host") == self.host and not pid_alive(int(other.get("pid", -1)),
+                                                                other.get("started"))
 
     def _held_by_another(self) -> dict | None:
         """The other live holder's record, or None if the lease is free or may be taken."""
