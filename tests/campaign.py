@@ -23,12 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TMP_TAG = ".tmp-"
 
 
-def stage_commands(store: Path, corpus: Path, shard_size: int) -> list[tuple[str, list[str]]]:
-    """Each stage's command line, as a user runs them one after another."""
+def stage_commands(store: Path, corpus: Path, shard_size: int,
+                   update: list[Path] | None = None) -> list[tuple[str, list[str]]]:
+    """Each stage's command line, as a user runs them one after another; with `update`
+    (the complete source list), after the collection changed."""
     base = [sys.executable, "-m", "workflow"]
     common = ["--store", str(store), "--no-progress", "--scratch", str(store) + "-scratch"]
+    sources = ["--source", str(corpus)] if update is None else \
+        ["--update", *(a for src in update for a in ("--source", str(src)))]
     return [
-        ("preprocess", base + ["preprocess", "--source", str(corpus), "--shard-size",
+        ("preprocess", base + ["preprocess", *sources, "--shard-size",
                                str(shard_size), "--workers", "2", *common]),
         ("extract", base + ["extract", "--weights", "none", "--input-size", "32",
                             "--batch-size", "4", *common]),
@@ -152,6 +156,44 @@ def crash_campaign(root: Path, corpus: Path, kills: int, seed: int,
         carry = int(k) + carry - log.kills  # kills a stage finished too soon for go on
         camp.stages.append(log)
     return camp, ref, store
+
+
+def update_campaign(root: Path, corpus: Path, grow, kills: int, seed: int,
+                    shard_size: int = 5) -> tuple[Campaign, Path, Path, Path]:
+    """Build the first corpus version uninterrupted, then let `grow()` change the
+    collection (it returns the complete source list) and run the update twice from copies
+    of that store: uninterrupted, and with `kills` kills spread over its stages. Returns
+    the log, the store before the update, and both updated stores."""
+    import shutil
+    before, ref, store = root / "before", root / "reference", root / "crashed"
+    reference_run(before, corpus, shard_size)
+    sources = grow()
+    shutil.copytree(before, ref)
+    shutil.copytree(before, store)
+    ref_times = {name: _run(cmd) for name, cmd in stage_commands(ref, corpus, shard_size,
+                                                                 sources)}
+    rng = np.random.default_rng(seed)
+    cmds = stage_commands(store, corpus, shard_size, sources)
+    camp, carry = Campaign(), 0
+    for i, (name, cmd) in enumerate(cmds):
+        k = kills // len(cmds) + (i < kills % len(cmds))
+        log = StageLog(name, reference_seconds=ref_times[name])
+        crash_stage(store, name, cmd, k + carry, rng, ref_times[name], log)
+        carry = k + carry - log.kills
+        camp.stages.append(log)
+    return camp, before, ref, store
+
+
+def unchanged_by_update(before: Path, after: Path) -> None:
+    """Every shard, part, plan segment and id committed before an update is still there,
+    byte for byte."""
+    kept = [p for folder in ("images", "features", "index/parts")
+            for p in (before / folder).glob("*") if p.is_file() and
+            (p.name.startswith(("shard-", "plan")))]
+    assert kept
+    for p in kept:
+        rel = p.relative_to(before)
+        assert (after / rel).read_bytes() == p.read_bytes(), f"{rel} changed in the update"
 
 
 # ------------------------------------------------------------------ the checks

@@ -211,6 +211,37 @@ def run_reset(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def remove_parser() -> argparse.ArgumentParser:
+    p = _parser("workflow remove", (
+        "Take images out of every search result, evaluation and thumbnail (a deleted "
+        "photo, a takedown), or bring them back with --restore. Nothing is rebuilt: "
+        "searches leave removed ids out as they run. Ids are listed by `search`; keys are "
+        "the images' paths within their source."))
+    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
+                   "%(default)s]")
+    p.add_argument("--id", type=int, nargs="+", action="extend", default=[], metavar="N",
+                   help="image ids")
+    p.add_argument("--key", nargs="+", action="extend", default=[], metavar="K",
+                   help="image keys")
+    p.add_argument("--source", nargs="+", action="extend", default=[], metavar="SRC",
+                   help="every image of a source (e.g. one that --update should drop)")
+    p.add_argument("--missing", action="store_true", help="the images whose files were "
+                   "gone at the last `01_preprocess.py --update`")
+    p.add_argument("--from-file", metavar="F", help="a text file of one id or key a line "
+                   "(blank lines and # comments are skipped)")
+    p.add_argument("--restore", action="store_true", help="bring the named images back")
+    p.add_argument("--scratch", default=None, help="local scratch folder")
+    return p
+
+
+def run_remove(a: argparse.Namespace) -> int:
+    from .stages.remove import Selection, remove
+    from .storage.store import Store
+    sel = Selection(tuple(a.id), tuple(a.key), a.missing, a.from_file, tuple(a.source))
+    print(remove(Store(a.store, a.scratch, create=False), sel, a.restore).summary())
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ running a command
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -220,6 +251,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "search": (search_parser, run_search),
     "status": (status_parser, run_status),
     "reset": (reset_parser, run_reset),
+    "remove": (remove_parser, run_remove),
 }
 
 

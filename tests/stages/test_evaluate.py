@@ -167,3 +167,26 @@ def test_flowers12_hierarchical_precision_matches_exact_search(tmp_path, shared_
                              modes=("exact", "hierarchical"), progress=False)).report
     assert rep["queries"] == 6 and rep["precision"]["classes"] == ["daisy", "sunflower"]
     assert rep["tuned"]["hierarchical"]["recall@1"] == 1.0  # the image itself is found
+
+
+def test_after_a_removal_the_evaluation_is_measured_again_without_the_removed(tmp_path):
+    from workflow.stages.remove import Selection, remove
+    store = indexed_store(tmp_path, n=300, shard_size=100)
+    cfg = EvaluateConfig(store=str(store), queries=40, latency_queries=3, progress=False,
+                         modes=("exact", "hierarchical"))
+    run(cfg)
+    with np.load(store / "evaluation" / "groundtruth.npz") as f:
+        qids, I = f["query_ids"], f["I"]
+    gone = sorted(set(qids[:5].tolist()) | set(I[:5, :3].ravel().tolist()))
+    remove(Store(store), Selection(ids=tuple(gone)))
+    old_report = (store / "evaluation" / "report.json").read_bytes()
+    res = run(cfg)
+    assert res.complete and (store / "evaluation" / "report.json").read_bytes() != old_report
+    with np.load(store / "evaluation" / "groundtruth.npz") as f:
+        assert not set(f["query_ids"].tolist()) & set(gone)
+        assert not set(f["I"].ravel().tolist()) & set(gone)
+    rep = json.loads((store / "evaluation" / "report.json").read_text())
+    assert rep["corpus"] == {"version": 1, "removed": len(gone)}
+    assert rep["tuned"]["exact"]["recall@10"] == 1.0
+    m = Store(store).marker("evaluate", "sweep-hierarchical")
+    assert m.extra["corpus"] == "1.1"

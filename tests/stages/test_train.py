@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from workflow.errors import ConfigError, WorkflowError
-from workflow.formats.features import feature_markers
+from workflow.formats.features import allocate, draw_sample, feature_markers
 from workflow.formats.index import load_trained
-from workflow.stages.train import TrainConfig, allocate, draw_sample, run
+from workflow.stages.train import TrainConfig, run
 from workflow.storage.store import Store
 
 from conftest import ROOT, feature_store, kill_during, leftovers, structured_vectors

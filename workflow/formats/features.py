@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import WorkflowError
 from ..storage.marker import Marker
@@ -77,3 +78,35 @@ def feature_count(markers: dict[str, Marker]) -> tuple[int, int]:
     """(features in all shards, their dimension) from the markers alone."""
     return (sum(m.extra["n"] for m in markers.values()),
             next(iter(markers.values())).extra["dim"])
+
+
+def allocate(sizes: list[int], total: int) -> list[int]:
+    """How many sample rows each shard gives: proportional to its size, summing to total."""
+    n = sum(sizes)
+    total = min(total, n)
+    share = [s * total // n for s in sizes] if n else [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -(sizes[i] * total % n if n else 0)):
+        if sum(share) >= total:
+            break
+        if share[i] < sizes[i]:
+            share[i] += 1
+    return share
+
+
+def draw_sample(store: Store, markers: dict[str, Marker], size: int, seed: int,
+                progress: bool = False) -> np.ndarray:
+    """A seeded sample of `size` features, float32, read one shard at a time."""
+    units = list(markers)
+    counts = allocate([markers[u].extra["n"] for u in units], size)
+    d = next(iter(markers.values())).extra["dim"]
+    out = np.empty((sum(counts), d), np.float32)
+    pos = 0
+    for i, (unit, k) in enumerate(tqdm(list(zip(units, counts)), desc="sample", unit="shard",
+                                       disable=not progress)):
+        if k == 0:
+            continue
+        rng = np.random.default_rng([seed, i])
+        rows = np.sort(rng.choice(markers[unit].extra["n"], k, replace=False))
+        out[pos:pos + k] = fetch_rows(store, markers[unit], rows, store.scratch / "sample")
+        pos += k
+    return out

@@ -60,8 +60,11 @@ def load_index(store: Store) -> faiss.Index:
 
 
 def write_rerank_store(path: Path, n_ids: int, d: int,
-                       shards: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-    """The re-rank store from (ids, features) shards: a float16 `.npy` [n_ids, d].
+                       shards: Iterable[tuple[np.ndarray, np.ndarray]],
+                       base: Path | None = None) -> None:
+    """The re-rank store from (ids, features) shards: a float16 `.npy` [n_ids, d]. With
+    `base` (the store of an earlier corpus version: its first rows), its rows are copied
+    and only the shards' rows are written after them.
 
     Rows are written with plain file writes (runs of consecutive ids at once), not
     through a memory map, so the writer's memory does not grow with N."""
@@ -71,11 +74,30 @@ def write_rerank_store(path: Path, n_ids: int, d: int,
                                                    "fortran_order": False,
                                                    "shape": (n_ids, d)})
         start = out.tell()
+        if base is not None:
+            _copy_rows(base, out, n_ids, d)
         out.truncate(start + n_ids * row)  # rows without a feature stay zero
         for ids, x in shards:
             for lo, hi in runs(ids):
                 out.seek(start + int(ids[lo]) * row)
                 out.write(np.ascontiguousarray(x[lo:hi], np.float16).tobytes())
+
+
+def _copy_rows(base: Path, out, n_ids: int, d: int) -> None:
+    old = np.load(base, mmap_mode="r")
+    if old.ndim != 2 or old.shape[1] != d or old.shape[0] > n_ids or old.dtype != np.float16:
+        raise WorkflowError(f"{base} is not an earlier re-rank store of this corpus "
+                            f"({old.shape} {old.dtype}); delete it and re-run")
+    offset, size = old.offset, old.shape[0] * d * 2
+    del old
+    with open(base, "rb") as f:
+        f.seek(offset)
+        while size > 0:
+            chunk = f.read(min(size, 64 << 20))
+            if not chunk:
+                raise WorkflowError(f"{base} is shorter than its header says")
+            out.write(chunk)
+            size -= len(chunk)
 
 
 def runs(ids: np.ndarray) -> list[tuple[int, int]]:

@@ -12,6 +12,7 @@ PREPROCESS, EXTRACT, TRAIN, ADD, PREFILTER, EVALUATE = (
 IMAGES = "images"
 PLAN_FILE = f"{IMAGES}/plan.h5"
 REPORT_FILE = f"{IMAGES}/report.json"
+MISSING_FILE = f"{IMAGES}/missing.json"
 # extract
 FEATURES = "features"
 # train
@@ -36,6 +37,9 @@ REPORT_MD = f"{EVALUATION}/report.md"
 PLOT_FILE = f"{EVALUATION}/recall_vs_qps.png"
 DEFAULTS_FILE = f"{EVALUATION}/search_defaults.json"
 RESULTS_PAGE = f"{EVALUATION}/results.html"
+# remove (a command, not a stage: the removal list is kept beside the stages' outputs)
+REMOVE = "remove"
+REMOVED = "removed"
 
 
 class StageInfo(NamedTuple):
@@ -57,6 +61,15 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 def stage_folders(stage: str) -> tuple[str, ...]:
     return next(s.folders for s in STAGES if s.name == stage)
+
+
+def plan_unit(version: int) -> str:
+    """The unit of plan segment `version`: `plan` for the first, `plan-000002` after."""
+    return "plan" if version == 1 else f"plan-{version:06d}"
+
+
+def plan_file(version: int) -> str:
+    return PLAN_FILE if version == 1 else f"{IMAGES}/{plan_unit(version)}.h5"
 
 
 def shard_name(i: int) -> str:

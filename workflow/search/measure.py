@@ -12,10 +12,14 @@ from .modes import K_MEASURED, SearchParams
 from .searcher import Searcher
 
 
-def sample_query_ids(xb: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n seeded ids with a feature (a non-zero row of the re-rank store), sorted."""
+def sample_query_ids(xb: np.ndarray, n: int, seed: int,
+                     removed: np.ndarray | None = None) -> np.ndarray:
+    """n seeded ids with a feature (a non-zero row of the re-rank store) that are not
+    `removed` (a mask by id), sorted."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(xb))
+    if removed is not None and removed.any():
+        order = order[~removed[order]]
     out: list[int] = []
     for lo in range(0, len(order), 4 * n):
         chunk = order[lo:lo + 4 * n]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -30,12 +31,15 @@ from ..formats.index import load_index, load_rerank, load_trained
 from ..formats.layout import PREPROCESS, shard_name
 from ..formats.plan import load_keys_and_bounds
 from ..formats.prefilter import load_prefilter
+from ..formats.removed import load_removed, removal_version
 from ..index.knn import EXACT_BLOCK, drop_ids, exact_search, rerank, rerank_store_blocks
 from ..storage.store import Store
 from .cache import QueryCache
 from .modes import MODES, SearchParams, check_mode
 
 logger = logging.getLogger(__name__)
+
+REMOVAL_CHECK_SECONDS = 5.0  # how stale the removal list a long-lived Searcher uses may be
 
 
 # ------------------------------------------------------------------ results
@@ -87,6 +91,8 @@ class Searcher:
         saved = read_search_defaults(self.store)
         self.defaults = {m: replace(SearchParams(), **saved.get(m, {})) for m in MODES}
         self.default_mode = saved.get("default_mode", "hierarchical")
+        self._removals: tuple | None = None  # (version, mask, selector, bitmap, checked at)
+        self.removal_check_seconds = REMOVAL_CHECK_SECONDS
 
     # -- lazily loaded parts ---------------------------------------------------------
     @cached_property
@@ -107,6 +113,29 @@ class Searcher:
     @cached_property
     def annoy(self):
         return load_prefilter(self.store)
+
+    # -- removed ids ---------------------------------------------------------------------
+    def removals(self) -> tuple[int, np.ndarray]:
+        """(version, removed[id] mask) of the removal list, read again when it may have
+        changed (at most every `removal_check_seconds`)."""
+        now = time.monotonic()
+        r = self._removals
+        if r is None or now - r[4] >= self.removal_check_seconds:
+            version = removal_version(self.store)
+            if r is None or version != r[0]:
+                _, ids = load_removed(self.store)
+                n = len(self.xb)
+                mask = np.zeros(n, bool)
+                mask[ids[ids < n]] = True
+                bits = np.packbits(~mask, bitorder="little")
+                sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)) if ids.size else None
+                r = (version, mask, sel, bits, now)
+            self._removals = (*r[:4], now)
+        return self._removals[0], self._removals[1]
+
+    @property
+    def removed_count(self) -> int:
+        return int(self.removals()[1].sum())
 
     @cached_property
     def pca(self) -> faiss.VectorTransform:
@@ -149,8 +178,10 @@ class Searcher:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         assert xq.ndim == 2 and xq.shape[1] == self.d, f"queries must be [nq, {self.d}]"
         kk = k + (exclude is not None)
+        _, removed = self.removals()
         if mode == "exact":
-            D, I = exact_search(xq, rerank_store_blocks(self.xb, self.valid), kk)
+            allowed = self.valid & ~removed if removed.any() else self.valid
+            D, I = exact_search(xq, rerank_store_blocks(self.xb, allowed), kk)
         elif mode == "ivfpq":
             D, I = self._ivfpq(xq, kk, p.nprobe)
         else:
@@ -159,7 +190,10 @@ class Searcher:
                 cand.append(self._ivfpq(xq, max(p.rerank, kk), p.nprobe)[1])
             if mode in ("annoy+rerank", "hierarchical") and p.annoy > 0:
                 cand.append(self._annoy(xq, max(p.annoy, kk), p.search_k))
-            D, I = rerank(xq, np.hstack(cand), self.xb, kk)
+            cand = np.hstack(cand)
+            if removed.any():
+                cand = np.where((cand >= 0) & removed[np.maximum(cand, 0)], -1, cand)
+            D, I = rerank(xq, cand, self.xb, kk)
         return drop_ids(D, I, exclude, k)
 
     def _ivfpq(self, xq: np.ndarray, k: int, nprobe: int):
@@ -168,11 +202,17 @@ class Searcher:
         if isinstance(faiss.downcast_index(q), faiss.IndexHNSWFlat):
             self._params_space.set_index_parameter(self.index, "quantizer_efSearch",
                                                    max(64, 2 * nprobe))
-        return self.index.search(xq, k)
+        sel = self._removals[2] if self._removals else None
+        if sel is None:
+            return self.index.search(xq, k)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # leaves removed ids out
+        if isinstance(self.index, faiss.IndexPreTransform):
+            params = faiss.SearchParametersPreTransform(index_params=params)
+        return self.index.search(xq, k, params=params)
 
     def _annoy(self, xq: np.ndarray, k: int, search_k: int) -> np.ndarray:
         xp = self.pca.apply(xq)
-        out = np.full((len(xq), k), -1, np.int64)
+        out = np.full((len(xq), k * len(self.annoy.segments)), -1, np.int64)
         for i, v in enumerate(xp):
             r = self.annoy.get_nns_by_vector(v.tolist(), k, search_k=search_k)
             out[i, :len(r)] = r
@@ -190,7 +230,7 @@ class Searcher:
         if k < 1:
             raise ConfigError("k must be at least 1")
         qs = self._parse(queries)
-        tag = json.dumps([mode, k, exclude_self, p.for_mode(mode)])
+        tag = json.dumps([mode, k, exclude_self, p.for_mode(mode), self.removals()[0]])
         out: list[QueryResult | None] = [None] * len(qs)
         todo = []
         for i, q in enumerate(qs):
@@ -278,7 +318,8 @@ class Searcher:
         """The stored (preprocessed) JPEG of each id, read from the image shards."""
         bounds = self.plan_info[1]
         by_shard: dict[int, list[int]] = {}
-        for i in {int(i) for i in ids if i >= 0}:
+        _, removed = self.removals()
+        for i in {int(i) for i in ids if i >= 0 and not (i < len(removed) and removed[i])}:
             by_shard.setdefault(int(np.searchsorted(bounds, i, side="right")) - 1, []).append(i)
         out = {}
         for s, members in sorted(by_shard.items()):

@@ -26,9 +26,10 @@ from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, worker_cached
 from ..formats.features import feature_markers, fetch_features
 from ..formats.index import load_trained, read_index, write_index, write_rerank_store
 from ..formats.layout import ADD, EXTRACT, INDEX_FILE, IVFDATA_FILE, PARTS, RERANK_FILE, TRAIN
-from ..formats.plan import planned_count
+from ..formats.plan import first_new_shard, planned_count
 from ..index.estimate import estimate_index_bytes
 from ..options import opt, size_option
+from ..storage.marker import Marker
 from ..storage.store import Store
 from ..utils import Timeit
 from .base import StageConfig, StageRun
@@ -85,7 +86,8 @@ class AddResult:
 
 
 def run(cfg: AddConfig) -> AddResult:
-    """Run (or resume) the add stage."""
+    """Run (or resume) the add stage. After an update, only the new feature shards get a
+    part; the merged index and the re-rank store are extended from the previous ones."""
     with StageRun(STAGE, cfg) as run:
         feats = feature_markers(run.store)
         if run.store.marker(TRAIN, "index") is None:
@@ -93,10 +95,7 @@ def run(cfg: AddConfig) -> AddResult:
                                 "scripts/03_train.py")
         trained, _ = load_trained(run.store)
         n = sum(m.extra["n"] for m in feats.values())
-        ivf = faiss.extract_index_ivf(trained)
-        big = estimate_index_bytes(n, trained.d, ivf.nlist, ivf.code_size) > \
-            cfg.memory_budget // 2
-        on_disk = cfg.on_disk == "on" or (cfg.on_disk == "auto" and big)
+        on_disk = _on_disk(run, trained, n)
         run.freeze({"on_disk": on_disk, "format": 1}, run.frozen_fingerprint(TRAIN))
         done = run.store.markers(STAGE)
         pending = [u for u in feats if u not in done]
@@ -105,9 +104,13 @@ def run(cfg: AddConfig) -> AddResult:
         complete = True
         try:
             _add_parts(run, trained, feats, pending)
-            if "index" not in done:
-                _rerank_store(run, feats)
-                _merge(run, trained, list(feats), on_disk)
+            rerank = done.get("rerank")
+            if rerank is None or rerank.extra["rows"] != planned_count(run.store):
+                _rerank_store(run, feats, rerank)
+            index = done.get("index")
+            if index is None or index.extra.get("parts", len(feats)) != len(feats) or \
+                    index.extra["ntotal"] != n:
+                _merge(run, trained, feats, on_disk, index)
         except DeadlineReached:
             run.stopped_early()
             complete = False
@@ -116,6 +119,18 @@ def run(cfg: AddConfig) -> AddResult:
     ntotal = markers["index"].extra["ntotal"] if "index" in markers else 0
     return AddResult(complete and "index" in markers, len(parts), len(feats), ntotal, on_disk,
                      run.seconds, run.store.url)
+
+
+def _on_disk(run: StageRun, trained, n: int) -> bool:
+    """Whether the merged index keeps its lists on disk: as frozen once decided (a corpus
+    that grows keeps its layout), unless --on-disk says otherwise."""
+    frozen = run.store.run_info()["stages"].get(STAGE)
+    if run.cfg.on_disk == "auto" and frozen is not None:
+        return bool(frozen["settings"]["on_disk"])
+    ivf = faiss.extract_index_ivf(trained)
+    big = estimate_index_bytes(n, trained.d, ivf.nlist, ivf.code_size) > \
+        run.cfg.memory_budget // 2
+    return run.cfg.on_disk == "on" or (run.cfg.on_disk == "auto" and big)
 
 
 def _add_parts(run: StageRun, trained, feats: dict, pending: list[str]) -> None:
@@ -166,27 +181,43 @@ def _add_part(store: Store, trained, unit: str, fp: str, work: Path) -> int:
     return int(len(ids))
 
 
-def _rerank_store(run: StageRun, feats: dict) -> None:
-    """All features as one float16 .npy array, row = id, written in scratch then committed."""
+def _rerank_store(run: StageRun, feats: dict, old: Marker | None) -> None:
+    """All features as one float16 .npy array, row = id, written in scratch then committed.
+    The rows of an earlier store (`old`, of an earlier corpus version) are copied from
+    it, and only the shards added since are read."""
     store = run.store
     n_ids = planned_count(store)
     d = next(iter(feats.values())).extra["dim"]
+    units, base = list(feats), None
+    if old is not None and old.extra["rows"] < n_ids:
+        base = store.fetch(old, run.work / "rerank-old.npy")
+        first = first_new_shard(store, old.extra["rows"])
+        units = [u for u in units if int(u.split("-")[1]) >= first]
     path = run.work / "rerank.npy"
-    with Timeit(f"writing the re-rank store ({n_ids:,} x {d} float16)", logging.INFO):
-        write_rerank_store(path, n_ids, d, (fetch_features(store, m, run.work)
-                                            for m in feats.values()))
+    with Timeit(f"writing the re-rank store ({n_ids:,} x {d} float16; {len(units)} shards "
+                f"read{', the rest copied' if base else ''})", logging.INFO):
+        write_rerank_store(path, n_ids, d, (fetch_features(store, feats[u], run.work)
+                                            for u in units), base)
     run.lease.check()
     store.commit(path, RERANK_FILE, STAGE, "rerank", run.fp, {"rows": n_ids, "dim": d})
     path.unlink()
+    if base is not None:
+        base.unlink()
 
 
-def _merge(run: StageRun, trained, units: list[str], on_disk: bool) -> None:
-    store, work, fp = run.store, run.work, run.fp
+def _merge(run: StageRun, trained, feats: dict, on_disk: bool, old: Marker | None) -> None:
+    """The parts merged into one index. In memory, an earlier merged index (`old`) is
+    extended with the parts added since: the same bytes as merging every part."""
+    store, work, fp, units = run.store, run.work, run.fp, list(feats)
+    start = _merged_before(old, feats) if old is not None and not on_disk else 0
+    if start:
+        index = read_index(str(store.fetch(old, work / "index-old.faiss")))
+    else:
+        index = faiss.clone_index(trained)
     parts = [str(store.fetch(store.marker(STAGE, u), work / "parts" / f"{u}.faiss"))
-             for u in units]
-    index = faiss.clone_index(trained)
-    with Timeit(f"merging {len(parts)} parts ({'on disk' if on_disk else 'in memory'})",
-                logging.INFO):
+             for u in units[start:]]
+    with Timeit(f"merging {len(parts)} parts{f' into the {start} merged before' if start else ''}"
+                f" ({'on disk' if on_disk else 'in memory'})", logging.INFO):
         if on_disk:
             merge_ondisk(index, parts, str(work / "index.ivfdata"))
         else:
@@ -197,4 +228,19 @@ def _merge(run: StageRun, trained, units: list[str], on_disk: bool) -> None:
     if on_disk:
         store.commit(work / "index.ivfdata", IVFDATA_FILE, STAGE, "ivfdata", fp)
     store.commit(work / "index.faiss", INDEX_FILE, STAGE, "index", fp,
-                 {"ntotal": int(index.ntotal), "on_disk": on_disk})
+                 {"ntotal": int(index.ntotal), "on_disk": on_disk, "parts": len(units)})
+    for p in [work / "index-old.faiss", *map(Path, parts)]:
+        p.unlink(missing_ok=True)
+
+
+def _merged_before(old: Marker, feats: dict) -> int:
+    """How many of the (sorted) parts an earlier merged index holds: its `parts`, or,
+    for one merged before that was recorded, the parts whose counts add up to it."""
+    if "parts" in old.extra:
+        return old.extra["parts"] if old.extra["parts"] <= len(feats) else 0
+    total = 0
+    for k, m in enumerate(feats.values(), 1):
+        total += m.extra["n"]
+        if total == old.extra["ntotal"]:
+            return k
+    return 0

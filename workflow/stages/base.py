@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ..errors import DeadlineReached, check_settings
-from ..formats.layout import stage_folders
+from ..formats.layout import STAGES, stage_folders
 from ..options import DEFAULT_STORE, flag_of, opt
-from ..storage.lease import Lease
-from ..storage.store import Store
+from ..storage.lease import LEASE_DIR, Lease
+from ..storage.store import DONE_DIR, Store
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class StageConfig:
     wait_minutes: float = opt(0.0, "if another run holds the stage, wait up to this long for "
                               "it to finish instead of stopping at once", type=float,
                               group=RUN_CONTROL)
+    accept_new_versions: bool = opt(False, "go on with work a stage started under other "
+                                    "library versions (e.g. OpenCV upgraded by the runtime); "
+                                    "recorded in the store", action="store_true",
+                                    group=RUN_CONTROL)
     progress: bool = opt(True, "no progress bar", flag="--no-progress", action="store_false",
                          group=RUN_CONTROL)
 
@@ -101,10 +105,14 @@ class StageRun:
         frozen = self.store.run_info()["stages"].get(stage)
         return None if frozen is None else frozen["fingerprint"]
 
-    def freeze(self, settings: dict, parent: str | None = None, clean: bool = True) -> str:
-        """Freeze (or check) the stage's settings; then remove leftovers. Returns the
+    def freeze(self, settings: dict, parent: str | None = None, clean: bool = True,
+               versions: dict | None = None, pending: bool = True) -> str:
+        """Freeze (or check) the stage's settings; then remove leftovers. Library
+        `versions` are held to the frozen ones only where work is `pending`. Returns the
         stage fingerprint."""
-        self.fp = self.store.freeze_stage(self.stage, settings, parent)
+        self.fp = self.store.freeze_stage(self.stage, settings, parent, versions=versions,
+                                          pending=pending,
+                                          accept_new_versions=self.cfg.accept_new_versions)
         if clean:
             self.cleanup()
         return self.fp
@@ -130,3 +138,15 @@ class StageRun:
     def stopped_early(self) -> None:
         logger.warning("%s: --max-minutes reached; re-run the same command to resume",
                        self.stage)
+
+
+def reset_stage(store: Store, stage: str) -> list[str]:
+    """Delete a stage's outputs, markers and frozen settings; returns what was removed."""
+    info = next(s for s in STAGES if s.name == stage)
+    removed = []
+    for rel in (info.folders[0], f"{DONE_DIR}/{stage}", f"{LEASE_DIR}/{stage}.json"):
+        if store.exists(rel):
+            store.remove(rel)
+            removed.append(rel)
+    store.forget_stage(stage)
+    return removed

@@ -48,6 +48,8 @@ from ..formats.layout import (
     TRAIN,
     sweep_file,
 )
+from ..formats.plan import corpus_version
+from ..formats.removed import removal_version
 from ..index.knn import drop_ids, exact_search, merge_topk
 from ..index.metrics import class_label, labelled, precision_by_class
 from ..options import opt
@@ -200,18 +202,30 @@ def _query_files(folder: str) -> list[Path]:
 def _queries(run: StageRun, searcher: Searcher) -> dict:
     """The queries and their exact top K_GT: from the store, or computed and committed."""
     cfg, store = run.cfg, run.store
-    if store.marker(STAGE, "groundtruth") is None:
+    corpus = corpus_id(store)
+    if not _of_corpus(store.marker(STAGE, "groundtruth"), corpus):
+        _, removed = searcher.removals()
         if cfg.query_dir:
             qids, xq, qkeys = _embed_query_dir(cfg.query_dir, searcher, cfg.progress)
         else:
-            qids = sample_query_ids(searcher.xb, cfg.queries, cfg.seed)
+            qids = sample_query_ids(searcher.xb, cfg.queries, cfg.seed, removed)
             xq = np.asarray(searcher.xb[qids], np.float32)
             qkeys = np.array([f"id:{i}" for i in qids])
-        D, I = _ground_truth(run, xq, qids)
-        commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids)},
+        D, I = _ground_truth(run, xq, qids, removed, corpus)
+        commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids), "corpus": corpus},
                    query_ids=qids, query_keys=qkeys, xq=xq, D=D, I=I)
         store.remove_marker(STAGE, "groundtruth-partial", remove_file=True)
     return load_npz(store, store.marker(STAGE, "groundtruth"))
+
+
+def corpus_id(store: Store) -> str:
+    """The corpus a ground truth or a sweep belongs to: "<plan version>.<removal list
+    version>" (evaluations made before updates existed belong to "1.0")."""
+    return f"{corpus_version(store)}.{removal_version(store)}"
+
+
+def _of_corpus(marker, corpus: str) -> bool:
+    return marker is not None and marker.extra.get("corpus", "1.0") == corpus
 
 
 def _embed_query_dir(folder: str, searcher: Searcher, progress: bool):
@@ -231,24 +245,25 @@ def _embed_query_dir(folder: str, searcher: Searcher, progress: bool):
     return np.full(len(xs), -1, np.int64), np.stack(xs).astype(np.float32), np.array(keys)
 
 
-def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple):
+def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: str):
     """(D, I, shards done) of a checkpoint of this ground truth, or a fresh start."""
     D, I = np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64)
     pm = run.store.marker(STAGE, "groundtruth-partial")
-    if pm is not None:
+    if _of_corpus(pm, corpus):
         f = load_npz(run.store, pm)
         if f["D"].shape == D.shape and np.array_equal(f["qids"], qids):
             return f["D"], f["I"], list(pm.extra["done"])
     return D, I, []
 
 
-def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray):
+def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.ndarray,
+                  corpus: str):
     """Exact top K_GT per query (own id left out) over the feature shards, block by block;
     the partial result is committed every `checkpoint_seconds`, so a kill costs little."""
     cfg, store = run.cfg, run.store
     feats = feature_markers(store)
     kk = K_GT + 1
-    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk))
+    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk), corpus)
     if done:
         logger.info("evaluate: exact search resumes after %d of %d shards", len(done),
                     len(feats))
@@ -259,13 +274,15 @@ def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray):
         for unit in [u for u in feats if u not in done]:
             run.check_deadline()
             ids, x = fetch_features(store, feats[unit], run.work)
+            keep = ~removed[ids]
+            ids, x = (ids, x) if keep.all() else (ids[keep], x[keep])
             D, I = merge_topk(D, I, *exact_search(xq, [(ids, x)], kk), kk)
             done.append(unit)
             bar.update(1)
             if time.monotonic() - last >= cfg.checkpoint_seconds and len(done) < len(feats):
                 run.lease.check()
                 commit_npz(store, GT_PARTIAL_FILE, "groundtruth-partial", run.fp,
-                           {"done": done}, D=D, I=I, qids=qids)
+                           {"done": done, "corpus": corpus}, D=D, I=I, qids=qids)
                 last = time.monotonic()
     return drop_ids(D, I, np.where(qids >= 0, qids, -2), K_GT)
 
@@ -276,7 +293,8 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
     """The mode's sweep: from the store, or measured and committed."""
     store, unit = run.store, f"sweep-{mode}"
     m = store.marker(STAGE, unit)
-    if m is None or m.extra.get("grid") != GRID_VERSION:  # absent, or measured otherwise
+    corpus = corpus_id(store)
+    if not _of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION:  # measured otherwise
         run.check_deadline()
         import faiss
         nlist = faiss.extract_index_ivf(searcher.index).nlist
@@ -289,7 +307,8 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
             results.append(I)
         run.lease.check()
         commit_npz(store, sweep_file(mode), unit, run.fp,
-                   {"points": points, "grid": GRID_VERSION}, I=np.stack(results))
+                   {"points": points, "grid": GRID_VERSION, "corpus": corpus},
+                   I=np.stack(results))
         m = store.marker(STAGE, unit)
     return {"points": m.extra["points"], "I": load_npz(store, m)["I"]}
 
@@ -307,6 +326,7 @@ def _report(cfg, store: Store, searcher: Searcher, q: dict, sweeps: dict) -> dic
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {faiss.get_num_gpus()} GPU(s)",
         "store": store.url, "n": int(searcher.index.ntotal), "d": searcher.d,
+        "corpus": {"version": corpus_version(store), "removed": searcher.removed_count},
         "index": store.marker(TRAIN, "index").extra.get("factory"),
         "queries": len(q["xq"]), "query_source": cfg.query_dir or f"sample, seed {cfg.seed}",
         "target_recall": cfg.target_recall, "tie_epsilon": cfg.tie_epsilon,
@@ -353,6 +373,7 @@ def _commit_report(run: StageRun, report: dict) -> None:
         "defaults": (DEFAULTS_FILE, search_defaults_json(search_defaults(report))),
     }
     summary = {"queries": report["queries"], "target_recall": report["target_recall"],
+               "corpus": corpus_id(run.store),
                "tuned": {m: {"recall@10": t["recall@10"], "p50_ms": t["p50_ms"]}
                          for m, t in report["tuned"].items()}}
     for unit, (rel, data) in files.items():

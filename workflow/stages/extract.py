@@ -29,6 +29,7 @@ from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, task_cpus, work
 from ..formats.features import FORMAT_VERSION, write_feature_shard
 from ..formats.images import read_for_model, skip_ids
 from ..formats.layout import EXTRACT, FEATURES, PREPROCESS, is_shard
+from ..formats.plan import preprocess_complete
 from ..inputs.imaging import MODEL_INPUT_VERSION
 from ..models.loading import make_embedder
 from ..models.registry import (
@@ -144,7 +145,7 @@ def resolve_executor(cfg: ExtractConfig, embedder: Embedder) -> ExtractConfig:
 
 def _preprocess_fingerprint(run: StageRun) -> str:
     fp = run.frozen_fingerprint(PREPROCESS)
-    if fp is None or "report" not in run.store.markers(PREPROCESS):
+    if fp is None or not preprocess_complete(run.store):
         raise WorkflowError(f"the preprocess stage is not complete in {run.store.url}; run "
                             "scripts/01_preprocess.py first (`python -m workflow status` "
                             "shows where it stands)")

@@ -1,4 +1,5 @@
-"""Stage 5, prefilter: an Annoy index over PCA-reduced features (`prefilter/annoy.ann`).
+"""Stage 5, prefilter: an Annoy index over PCA-reduced features (`prefilter/annoy.ann`),
+plus one segment per corpus update over the shards it added (`formats.prefilter`).
 
 A fast candidate generator for the hierarchical search, whose candidates are re-ranked
 exactly. Annoy's build time grows with the dimension (BENCHMARKS.md), so it works in the
@@ -16,8 +17,14 @@ from tqdm.auto import tqdm
 from ..errors import WorkflowError
 from ..formats.features import feature_markers, fetch_features
 from ..formats.index import load_trained
-from ..formats.layout import ANNOY_FILE, PREFILTER, TRAIN
-from ..formats.prefilter import new_prefilter
+from ..formats.layout import PREFILTER, TRAIN
+from ..formats.prefilter import (
+    new_prefilter,
+    segment_chain,
+    segment_file,
+    segment_unit,
+    shard_range,
+)
 from ..index.estimate import choose_annoy_trees, estimate_annoy_seconds
 from ..options import opt
 from ..utils import Timeit
@@ -27,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = PREFILTER
 GROUP = "prefilter"
+MAX_SEGMENTS = 8
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class PrefilterConfig(StageConfig):
     trees: int | None = opt(None, "Annoy trees (default: about 2 log2 N, between 8 and 50)",
                             type=int, group=GROUP)
     seed: int = opt(0, "seed of the Annoy build", type=int, flag="--annoy-seed", group=GROUP)
+    rebuild: bool = opt(False, "fold the segments that corpus updates added into one index "
+                        f"(done by itself when they reach {MAX_SEGMENTS} or outgrow the "
+                        "first)", action="store_true", group=GROUP)
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -60,29 +71,60 @@ class PrefilterResult:
 
 
 def run(cfg: PrefilterConfig) -> PrefilterResult:
-    """Build the prefilter (a finished one is not rebuilt). With --max-minutes, the build
-    is not started where its estimate does not fit."""
+    """Build the prefilter, or, after a corpus update, a segment over the new shards (a
+    finished one is not rebuilt). With --max-minutes, a build is not started where its
+    estimate does not fit."""
     with StageRun(STAGE, cfg) as run:
         feats = feature_markers(run.store)
         if run.store.marker(TRAIN, "pca") is None:
             raise WorkflowError(f"{run.store.url} has no trained PCA; run scripts/03_train.py")
         _, pca = load_trained(run.store)
-        n = sum(m.extra["n"] for m in feats.values())
-        trees = cfg.trees or choose_annoy_trees(n)
-        done = run.store.marker(STAGE, "annoy") is not None
-        fp = run.freeze({"trees": trees, "seed": cfg.seed, "metric": "angular",
-                         "dim": pca.d_out}, run.frozen_fingerprint(TRAIN), clean=not done)
-        complete = done
-        if not done and run.fits(estimate_annoy_seconds(n, pca.d_out, trees)):
-            logger.info("prefilter: Annoy over %d vectors, %d PCA dimensions, %d trees",
-                        n, pca.d_out, trees)
-            path = _build(run, feats, pca, trees)
+        units, counts = list(feats), [m.extra["n"] for m in feats.values()]
+        fp = run.freeze({"trees": _trees_setting(run), "seed": cfg.seed, "metric": "angular",
+                         "dim": pca.d_out}, run.frozen_fingerprint(TRAIN))
+        chain, stale = segment_chain(run.store, counts)
+        for m in stale:
+            run.store.remove_marker(STAGE, m.unit, remove_file=True)
+        covered = shard_range(chain[-1], counts)[1] if chain else 0
+        first = 0 if _rebuild(cfg, chain, counts, covered) else covered
+        n = sum(counts[first:])
+        trees = cfg.trees or choose_annoy_trees(max(n, 1))
+        complete = covered == len(units) and not (cfg.rebuild and len(chain) > 1)
+        if not complete and run.fits(estimate_annoy_seconds(n, pca.d_out, trees)):
+            logger.info("prefilter: Annoy over %d vectors (shards %d..%d), %d PCA dimensions, "
+                        "%d trees", n, first, len(units) - 1, pca.d_out, trees)
+            path = _build(run, {u: feats[u] for u in units[first:]}, pca, trees)
             run.lease.check()
-            run.store.commit(path, ANNOY_FILE, STAGE, "annoy", fp,
-                             {"n": n, "dim": pca.d_out, "trees": trees})
+            run.store.commit(path, segment_file(first), STAGE, segment_unit(first), fp,
+                             {"n": n, "dim": pca.d_out, "trees": trees, "first": first,
+                              "end": len(units)})
             path.unlink()
+            for m in chain if first == 0 else []:  # folded into the new base
+                if m.unit != segment_unit(0):
+                    run.store.remove_marker(STAGE, m.unit, remove_file=True)
             complete = True
-    return PrefilterResult(complete, n, pca.d_out, trees, run.seconds, run.store.url)
+    if chain and first:
+        trees = chain[0].extra["trees"]
+    return PrefilterResult(complete, sum(counts), pca.d_out, trees, run.seconds, run.store.url)
+
+
+def _trees_setting(run: StageRun):
+    """--trees, or, for a store frozen before segments, the number it froze ("auto":
+    each segment gets about 2 log2 of its size)."""
+    if run.cfg.trees is not None:
+        return run.cfg.trees
+    frozen = run.store.run_info()["stages"].get(STAGE)
+    return frozen["settings"]["trees"] if frozen else "auto"
+
+
+def _rebuild(cfg: PrefilterConfig, chain: list, counts: list[int], covered: int) -> bool:
+    """Build one index over everything: asked for, or the segments too many, or the new
+    shards more than the first segment holds (its trees were sized for fewer)."""
+    if not chain:
+        return True
+    new = sum(counts[covered:])
+    return (cfg.rebuild and len(chain) > 1) or (new > 0 and (
+        len(chain) >= MAX_SEGMENTS or new > chain[0].extra["n"]))
 
 
 def _build(run: StageRun, feats: dict, pca, trees: int):

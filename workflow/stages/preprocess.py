@@ -18,18 +18,19 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DeadlineReached, SourceError
+from ..errors import DeadlineReached, SourceError
 from ..execution.executors import EXECUTORS, make_executor
 from ..execution.shards import map_shards
 from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, task_cpus, worker_cached
 from ..formats.images import ImageShardWriter, read_outcomes, write_report
-from ..formats.layout import IMAGES, PLAN_FILE, PREPROCESS, REPORT_FILE, is_shard, shard_name
-from ..formats.plan import Plan, load_plan, make_plan
+from ..formats.layout import IMAGES, PREPROCESS, REPORT_FILE, is_shard, shard_name
+from ..formats.plan import Plan, load_plan, plan_markers, preprocess_complete
 from ..inputs.imaging import ImageOptions, ImageResult, Status, content_hash, preprocess_image
-from ..inputs.sources import Reader, list_entries, resolve_sources
+from ..inputs.sources import Reader
 from ..options import opt
 from ..storage.store import RUN_FILE, Store
 from .base import StageConfig, StageRun
+from .planning import freeze, load_or_make_plan, source_urls
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class PreprocessConfig(StageConfig):
     drop_duplicates: bool = opt(False, "later stages leave out exact duplicate files (they "
                                 "are always reported in images/report.json)",
                                 action="store_true")
+    update: bool = opt(False, "the collection changed: the --source list given is the "
+                       "complete one (old and new sources); list them again and add the "
+                       "images not seen before as new shards (ids continue after the last "
+                       "one; nothing done is redone). Images whose files are gone are "
+                       "recorded for `python -m workflow remove --missing`",
+                       action="store_true")
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
@@ -113,14 +120,6 @@ class PreprocessResult:
                 f"{self.n_images:,} images planned; ok {self.ok:,}, failed {failed:,} "
                 f"({by}); exact duplicates {self.duplicates:,}; {self.seconds:.1f} s. "
                 f"Store: {self.store}")
-
-
-def settings_of(cfg: PreprocessConfig, sources: list[str]) -> dict:
-    """What determines the output bytes (and so the fingerprint)."""
-    return {"sources": sources, "shard_size": cfg.shard_size, "image_size": cfg.image_size,
-            "jpeg_quality": cfg.jpeg_quality, "max_pixels": cfg.max_pixels,
-            "drop_duplicates": cfg.drop_duplicates, "opencv": cv2.__version__,
-            "shard_format": 1}
 
 
 def _worker_init() -> None:
@@ -170,9 +169,9 @@ def run(cfg: PreprocessConfig, image_fn: Callable | None = None) -> PreprocessRe
         image_fn: the per-image job (default `ImageWorker`); must be picklable.
     """
     with StageRun(STAGE, cfg) as run:
-        sources = _source_urls(cfg, run.store)
-        fp = run.freeze(settings_of(cfg, sources))
-        plan = _load_or_make_plan(run.store, sources, cfg.shard_size, fp)
+        sources = source_urls(cfg, run.store)
+        fp = freeze(run, sources)
+        plan = load_or_make_plan(run, sources, fp)
         done = run.store.markers(STAGE)
         pending = [i for i in range(plan.n_shards) if shard_name(i) not in done]
         n_pending = sum(int(plan.bounds[i + 1] - plan.bounds[i]) for i in pending)
@@ -184,40 +183,9 @@ def run(cfg: PreprocessConfig, image_fn: Callable | None = None) -> PreprocessRe
         except DeadlineReached:
             run.stopped_early()
             return _result(run.store, plan, run.seconds, complete=False)
-        if "report" not in run.store.markers(STAGE):
+        if not preprocess_complete(run.store):
             _write_report(run.store, plan, fp, cfg.drop_duplicates)
     return _result(run.store, plan, run.seconds, complete=True)
-
-
-def _source_urls(cfg: PreprocessConfig, store: Store) -> list[str]:
-    if cfg.sources:
-        return [s.url for s in resolve_sources(cfg.sources)]
-    frozen = store.run_info()["stages"].get(STAGE)
-    if frozen is None:
-        raise ConfigError("give at least one --source (a folder, list file, tar or zip)")
-    logger.info("resuming with the frozen sources: %s", ", ".join(frozen["settings"]["sources"]))
-    return frozen["settings"]["sources"]
-
-
-def _load_or_make_plan(store: Store, source_urls: list[str], shard_size: int,
-                       fp: str) -> Plan:
-    local = store.scratch / STAGE / "plan.h5"
-    if store.marker(STAGE, "plan") is not None:
-        return load_plan(store, local)
-    sources = resolve_sources(source_urls)
-    plan = make_plan(sources, [list_entries(s) for s in sources], shard_size)
-    if plan.n == 0:
-        raise ConfigError(f"no images found in {', '.join(source_urls)} (looked for files "
-                          "with image extensions such as .jpg, .png, .webp, any case)")
-    for s in sources:
-        if s.streaming and plan.n_shards > 1:
-            logger.warning("%s is compressed: every shard re-reads it from the start. "
-                           "Repack it as an uncompressed .tar (JPEGs do not compress) for "
-                           "faster runs.", s.url)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    plan.save(str(local))
-    store.commit(local, PLAN_FILE, STAGE, "plan", fp, {"n": plan.n, "shards": plan.n_shards})
-    return plan
 
 
 def _worker_env(cfg: PreprocessConfig) -> dict:
@@ -240,7 +208,7 @@ def _run_shards(run: StageRun, plan: Plan, pending: list[int], n_pending: int, f
                 lease.check()
                 bar.update(stats["n"])
         return
-    check_sources_present(plan.sources)
+    check_sources_present(_used_sources(plan, pending))
     shard_times: list[float] = []
     with make_executor(cfg.executor, fn, cfg.workers, cfg.image_timeout, _on_failure,
                        init=_worker_init, env=_worker_env(cfg), split=True) as ex, bar, \
@@ -281,10 +249,18 @@ def _process_shard(cfg, store, plan, i, fp, ex, reader, bar) -> dict:
         writer.abort()
         raise
     if stats["ok"] == 0 and stats["n"]:
-        check_sources_present(plan.sources)  # a vanished drive, not bad images: keep none
+        check_sources_present(_used_sources(plan, [i]))  # a vanished drive: keep none
     store.commit(local, f"{IMAGES}/{name}.h5", STAGE, name, fp, {"stats": stats})
     local.unlink()
     return stats
+
+
+def _used_sources(plan: Plan, shards: list[int]) -> list:
+    """The sources that the items of these shards come from."""
+    used = set()
+    for i in shards:
+        used.update(np.unique(plan.source_idx[plan.bounds[i]:plan.bounds[i + 1]]).tolist())
+    return [plan.sources[k] for k in sorted(used)]
 
 
 def check_sources_present(sources) -> None:
@@ -318,8 +294,8 @@ class ShardTask:
     def _run(self, i: int, scratch: str) -> dict:
         cfg = self.cfg
         store = Store(cfg.store, scratch)
-        m = store.marker(STAGE, "plan")
-        plan = worker_cached(("plan", m.sha256), lambda: load_plan(store, f"{scratch}/plan.h5"))
+        key = ("plan", *(m.sha256 for m in plan_markers(store)))
+        plan = worker_cached(key, lambda: load_plan(store, f"{scratch}/plan.h5"))
         with make_executor("process", self.image_fn, task_cpus(), cfg.image_timeout,
                            _on_failure, init=_worker_init, env=_worker_env(cfg),
                            split=True) as ex, \
@@ -352,7 +328,7 @@ def _write_report(store: Store, plan: Plan, fp: str, drop: bool) -> None:
     local = store.scratch / STAGE / "report.json"
     write_report(local, report)
     store.commit(local, REPORT_FILE, STAGE, "report", fp,
-                 {"duplicates": report["duplicates"]["count"]})
+                 {"duplicates": report["duplicates"]["count"], "version": plan.segment})
 
 
 def _result(store: Store, plan: Plan, seconds: float, complete: bool) -> PreprocessResult:

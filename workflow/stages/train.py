@@ -13,19 +13,25 @@ import logging
 from dataclasses import dataclass
 
 import faiss
-import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..formats.features import feature_count, feature_markers, fetch_rows
+from ..formats.features import draw_sample, feature_count, feature_markers
 from ..formats.index import write_trained
-from ..formats.layout import EXTRACT, PCA_FILE, TRAIN, TRAINED_INDEX_FILE
+from ..formats.layout import (
+    ADD,
+    EVALUATE,
+    EXTRACT,
+    PCA_FILE,
+    PREFILTER,
+    TRAIN,
+    TRAINED_INDEX_FILE,
+)
 from ..index.estimate import IndexPlan, plan_index
 from ..options import opt, size_option
-from ..storage.marker import Marker
 from ..storage.store import Store
 from ..utils import Timeit
-from .base import StageConfig, StageRun
+from .base import StageConfig, StageRun, reset_stage
+from .fit import check_fit
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,11 @@ class TrainConfig(StageConfig):
                                  type=int, group=INDEX)
     pca_dim: int | None = opt(None, "prefilter dimension (default 64)", type=int, group=INDEX)
     seed: int = opt(0, "seed of the training sample", type=int, group=INDEX)
+    retrain: bool = opt(False, "train again for the corpus as it is now (after updates "
+                        "made it drift or grow: the stage's report says when it is worth "
+                        "it). Deletes the trained index and what was built on it (add, "
+                        "prefilter, evaluate), which must then be run again",
+                        action="store_true", group=INDEX)
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
@@ -76,44 +87,14 @@ class TrainResult:
     train_size: int
     seconds: float
     store: str
+    fit: dict | None = None  # how well a finished index fits vectors added since
 
     def summary(self) -> str:
         state = "complete" if self.complete else "not started (too little time left)"
-        return (f"train {state}: {self.factory} for {self.n:,} vectors of dimension "
-                f"{self.d}, trained on {self.train_size:,}; {self.seconds:.1f} s. "
-                f"Store: {self.store}")
-
-
-def allocate(sizes: list[int], total: int) -> list[int]:
-    """How many sample rows each shard gives: proportional to its size, summing to total."""
-    n = sum(sizes)
-    total = min(total, n)
-    share = [s * total // n for s in sizes] if n else [0] * len(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: -(sizes[i] * total % n if n else 0)):
-        if sum(share) >= total:
-            break
-        if share[i] < sizes[i]:
-            share[i] += 1
-    return share
-
-
-def draw_sample(store: Store, markers: dict[str, Marker], size: int, seed: int,
-                progress: bool = False) -> np.ndarray:
-    """A seeded sample of `size` features, float32, read one shard at a time."""
-    units = list(markers)
-    counts = allocate([markers[u].extra["n"] for u in units], size)
-    d = next(iter(markers.values())).extra["dim"]
-    out = np.empty((sum(counts), d), np.float32)
-    pos = 0
-    for i, (unit, k) in enumerate(tqdm(list(zip(units, counts)), desc="sample", unit="shard",
-                                       disable=not progress)):
-        if k == 0:
-            continue
-        rng = np.random.default_rng([seed, i])
-        rows = np.sort(rng.choice(markers[unit].extra["n"], k, replace=False))
-        out[pos:pos + k] = fetch_rows(store, markers[unit], rows, store.scratch / STAGE)
-        pos += k
-    return out
+        out = (f"train {state}: {self.factory} for {self.n:,} vectors of dimension "
+               f"{self.d}, trained on {self.train_size:,}; {self.seconds:.1f} s. "
+               f"Store: {self.store}")
+        return out + (f"\n{self.fit['summary']}" if self.fit else "")
 
 
 def make_index(d: int, factory: str) -> faiss.Index:
@@ -144,27 +125,46 @@ def use_gpu_for_kmeans(index: faiss.Index) -> bool:
 
 
 def run(cfg: TrainConfig) -> TrainResult:
-    """Run the train stage (a finished one is not redone)."""
+    """Run the train stage. A trained index is not trained again (unless --retrain) when
+    the corpus grows: new vectors are added to it, and how well it fits them is reported."""
     with StageRun(STAGE, cfg) as run:
         markers = feature_markers(run.store)
         n, d = feature_count(markers)
+        if cfg.retrain:
+            _forget_training(run.store, n)
+        done = run.store.marker(STAGE, "index")
+        if done is not None:
+            fit = check_fit(run, markers, done)
+            return TrainResult(True, done.extra["factory"], n, d,
+                               done.extra["plan"]["train_size"], run.seconds, run.store.url,
+                               fit)
         plan = plan_index(n, d, cfg.memory_budget, cfg.nlist, cfg.pq_m, cfg.opq,
                           cfg.train_size, cfg.pca_dim)
         factory = cfg.index_factory or plan.factory
         settings = {"factory": factory, "train_size": plan.train_size, "pca_dim": plan.pca_dim,
                     "seed": cfg.seed, "metric": "inner_product", "n": n, "d": d}
-        done = run.store.marker(STAGE, "index") is not None
-        fp = run.freeze(settings, run.frozen_fingerprint(EXTRACT), clean=not done)
+        fp = run.freeze(settings, run.frozen_fingerprint(EXTRACT))
         result = TrainResult(True, factory, n, d, plan.train_size, 0.0, run.store.url)
-        if not done:
-            logger.info("train: %s", plan.describe() if factory == plan.factory
-                        else f"{factory} (--index-factory), trained on {plan.train_size:,}")
-            if run.fits(plan.train_seconds):
-                _train(run, markers, plan, factory, fp)
-            else:
-                result.complete = False
+        logger.info("train: %s", plan.describe() if factory == plan.factory
+                    else f"{factory} (--index-factory), trained on {plan.train_size:,}")
+        if run.fits(plan.train_seconds):
+            _train(run, markers, plan, factory, fp)
+        else:
+            result.complete = False
         result.seconds = run.seconds
         return result
+
+
+def _forget_training(store: Store, n: int) -> None:
+    """--retrain: the trained index and every stage built on it start over, unless it
+    was trained for these n vectors already (a re-run of a --retrain that was stopped)."""
+    m = store.marker(STAGE, "index")
+    if m is not None and m.extra["plan"]["n"] == n:
+        logger.info("--retrain: the index was trained for these %d vectors already", n)
+        return
+    for stage in (TRAIN, ADD, PREFILTER, EVALUATE):
+        if reset_stage(store, stage):
+            logger.warning("--retrain: deleted the %s stage's outputs", stage)
 
 
 def _train(run: StageRun, markers: dict, plan: IndexPlan, factory: str, fp: str) -> None:
@@ -185,4 +185,5 @@ def _train(run: StageRun, markers: dict, plan: IndexPlan, factory: str, fp: str)
     run.lease.check()
     store.commit(run.work / "pca.faiss", PCA_FILE, STAGE, "pca", fp, {"dim": plan.pca_dim})
     store.commit(run.work / "index.faiss", TRAINED_INDEX_FILE, STAGE, "index", fp,
-                 {"factory": factory, "plan": json.loads(json.dumps(plan.__dict__))})
+                 {"factory": factory, "plan": json.loads(json.dumps(plan.__dict__)),
+                  "shards": len(markers)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Marker:
     sha256: str
     fingerprint: str
     extra: dict
+    committed: str | None = field(default=None, compare=False)  # UTC, as read back
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "unit": self.unit, "path": self.path, "size": self.size,
@@ -28,4 +29,5 @@ class Marker:
     def from_json(cls, d: dict) -> Marker:
         known = {"stage", "unit", "path", "size", "sha256", "fingerprint", "committed", "host"}
         return cls(d["stage"], d["unit"], d["path"], int(d["size"]), d["sha256"],
-                   d["fingerprint"], {k: v for k, v in d.items() if k not in known})
+                   d["fingerprint"], {k: v for k, v in d.items() if k not in known},
+                   d.get("committed"))

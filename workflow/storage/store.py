@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import fsspec
 
-from ..errors import CorruptFile, FingerprintMismatch, StoreError
+from ..errors import CorruptFile, StoreError
 from ..utils import retry_io, sha256_file
-from .fingerprint import diff_settings, fingerprint
+from .frozen import freeze
 from .marker import Marker
 
 logger = logging.getLogger(__name__)
@@ -336,32 +335,10 @@ class Store:
     def run_info(self) -> dict:
         return self.read_json(RUN_FILE) or {"format": FORMAT_VERSION, "stages": {}}
 
-    def freeze_stage(self, stage: str, settings: dict, parent: str | None = None) -> str:
-        """Record the stage's settings in run.json, or check them against the frozen ones.
-
-        Returns the stage fingerprint. Raises FingerprintMismatch naming every setting
-        that differs.
-        """
-        fp = fingerprint(settings, parent)
-        info = self.run_info()
-        frozen = info["stages"].get(stage)
-        if frozen is None:
-            info.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            info["stages"][stage] = {"fingerprint": fp, "settings": settings, "parent": parent}
-            self.write_json(RUN_FILE, info)
-            return fp
-        if frozen["fingerprint"] != fp:
-            lines = diff_settings(frozen["settings"], settings)
-            if frozen.get("parent") != parent:
-                lines.append("the input stage's fingerprint changed (it was re-run with "
-                             "other settings)")
-            raise FingerprintMismatch(
-                f"the {stage} stage in {self.display(RUN_FILE)} was started with other "
-                "settings:\n  " + "\n  ".join(lines or ["(format version)"]) +
-                f"\nRe-run with the frozen settings to resume, or start over with "
-                f"`python -m workflow reset --store {self.url} {stage}` "
-                "(deletes this stage's outputs) or a new --store.")
-        return fp
+    def freeze_stage(self, stage: str, settings: dict, parent: str | None = None,
+                     **kw) -> str:
+        """Record the stage's settings in run.json, or check them (`storage.frozen`)."""
+        return freeze(self, stage, settings, parent, **kw)
 
     def forget_stage(self, stage: str) -> None:
         info = self.run_info()
