@@ -149,6 +149,32 @@ def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 1
     return store_path
 
 
+def grow_feature_store(tmp_path: Path, n: int, new: int, d: int = 32,
+                       shard_size: int = 100) -> None:
+    """The collection of `feature_store(tmp_path, n, d, shard_size)` grows by `new`
+    images: `preprocess --update`, then synthetic features of the same distribution for
+    the new shards, committed as extract does."""
+    from workflow.formats.features import write_feature_shard
+    from workflow.stages.preprocess import PreprocessConfig, run
+    from workflow.storage.store import Store
+    write_corpus(tmp_path / "tiny", n + new, size=(16, 16))  # the first n are unchanged
+    store_path = tmp_path / "store"
+    run(PreprocessConfig(store=str(store_path), sources=(str(tmp_path / "tiny"),),
+                         workers=1, shard_size=shard_size, progress=False, update=True))
+    store = Store(store_path)
+    fp = store.run_info()["stages"]["extract"]["fingerprint"]
+    x = structured_vectors(n + new, d).astype(np.float16)  # the same basis and centres
+    work = tmp_path / "feature-shards"
+    for unit, m in sorted(store.markers("preprocess").items()):
+        if unit.startswith("shard-") and store.marker("extract", unit) is None:
+            with h5py.File(store.fetch(m, work / f"img-{unit}.h5"), "r") as f:
+                ids = f["ids"][:]
+            write_feature_shard(str(work / f"{unit}.h5"), ids, x[ids], fp,
+                                {"model": "synthetic"})
+            store.commit(work / f"{unit}.h5", f"features/{unit}.h5", "extract", unit, fp,
+                         {"n": len(ids), "dim": d})
+
+
 def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 200) -> Path:
     """`feature_store` carried through the train, add and prefilter stages."""
     from workflow.stages import add, prefilter, train

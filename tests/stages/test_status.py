@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from workflow.formats.prefilter import chain_of as prefilter_chain
 from workflow.stages.evaluate import EvaluateConfig
 from workflow.stages.evaluate import run as evaluate
 from workflow.stages.preprocess import PreprocessConfig
 from workflow.stages.preprocess import run as preprocess
 from workflow.stages.remove import Selection, remove
-from workflow.stages.status import burst_rate, prefilter_chain, stage_status, status_report
+from workflow.stages.status import burst_rate, stage_status, status_report
 from workflow.storage.lease import process_start
 from workflow.storage.marker import Marker
 from workflow.storage.store import Store

@@ -8,8 +8,8 @@ order (any other is a leftover of a rebuild)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import annoy
 import numpy as np
 
 from ..errors import WorkflowError
@@ -17,8 +17,12 @@ from ..storage.marker import Marker
 from ..storage.store import Store
 from .layout import PREFILTER
 
+if TYPE_CHECKING:
+    import annoy
+
 METRIC = "angular"
 BASE = "annoy"
+MIN_K = 10  # candidates a segment gives at the least (search measures recall@10)
 
 
 def segment_unit(first: int) -> str:
@@ -31,6 +35,7 @@ def segment_file(first: int) -> str:
 
 def new_prefilter(path: Path, dim: int, seed: int) -> annoy.AnnoyIndex:
     """An empty Annoy index that builds straight into the file at `path`."""
+    import annoy  # here, so that reading the segments' markers (status) needs no Annoy
     path.unlink(missing_ok=True)
     index = annoy.AnnoyIndex(dim, METRIC)
     index.set_seed(seed)
@@ -50,19 +55,26 @@ def shard_range(m: Marker, counts: list[int]) -> tuple[int, int]:
     return 0, end
 
 
-def segment_chain(store: Store, counts: list[int]) -> tuple[list[Marker], list[Marker]]:
-    """(the segments in force, in shard order; the others) given the feature shards'
-    vector counts in shard order."""
-    markers = {u: m for u, m in store.markers(PREFILTER).items() if u.startswith(BASE)}
-    ranges = {u: shard_range(m, counts) for u, m in markers.items()}
-    chain, pos = [], 0
-    while (u := next((u for u, (a, _) in ranges.items() if a == pos and u not in
-                      [c.unit for c in chain]), None)) is not None:
+def chain_of(markers: dict[str, Marker], counts: list[int]) -> tuple[list[Marker], int]:
+    """(the segments in force among a prefilter's markers, in shard order; how many
+    feature shards they cover), given the feature shards' vector counts in shard order."""
+    ranges = {u: shard_range(m, counts) for u, m in markers.items() if u.startswith(BASE)}
+    chain: list[str] = []
+    pos = 0
+    while (u := next((u for u, (a, _) in ranges.items() if a == pos and u not in chain),
+                     None)) is not None:
         if ranges[u][1] <= pos or ranges[u][1] > len(counts):
             break
-        chain.append(markers[u])
+        chain.append(u)
         pos = ranges[u][1]
-    return chain, [m for u, m in markers.items() if m not in chain]
+    return [markers[u] for u in chain], pos
+
+
+def segment_chain(store: Store, counts: list[int]) -> tuple[list[Marker], list[Marker]]:
+    """(the segments in force, in shard order; the others: leftovers of a rebuild)."""
+    markers = {u: m for u, m in store.markers(PREFILTER).items() if u.startswith(BASE)}
+    chain, _ = chain_of(markers, counts)
+    return chain, [m for m in markers.values() if m not in chain]
 
 
 class Prefilter:
@@ -76,13 +88,21 @@ class Prefilter:
         return self.n
 
     def get_nns_by_vector(self, v, k: int, search_k: int = -1) -> list[int]:
-        """Ids of the candidates of every segment (each segment's best k, best first),
-        the larger segments first; `search_k` is shared among them by size."""
+        """Candidates from every segment, the larger segments first: k in all, shared
+        among the segments by size (at least `MIN_K` each, so that a small segment still
+        gives its best for a top 10), like `search_k`."""
+        if len(self.segments) == 1:
+            return self.segments[0][0].get_nns_by_vector(v, k, search_k=search_k)
         out: list[int] = []
         for index, n in self.segments:
-            sk = -1 if search_k < 0 else max(k, int(np.ceil(search_k * n / self.n)))
-            out += index.get_nns_by_vector(v, k, search_k=sk)
+            kk = min(k, max(MIN_K, int(np.ceil(k * n / self.n))))
+            sk = -1 if search_k < 0 else max(kk, int(np.ceil(search_k * n / self.n)))
+            out += index.get_nns_by_vector(v, kk, search_k=sk)
         return out
+
+    def max_results(self, k: int) -> int:
+        """The most candidates `get_nns_by_vector` returns for k."""
+        return sum(min(k, max(MIN_K, int(np.ceil(k * n / self.n)))) for _, n in self.segments)
 
 
 def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
@@ -91,6 +111,7 @@ def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
     markers = store.markers(PREFILTER)
     if BASE not in markers:
         raise WorkflowError(f"{store.url} has no prefilter; run scripts/05_prefilter.py")
+    import annoy
     chain, _ = segment_chain(store, counts or _counts(store))
     segments = []
     for m in chain:

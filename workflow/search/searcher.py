@@ -212,7 +212,7 @@ class Searcher:
 
     def _annoy(self, xq: np.ndarray, k: int, search_k: int) -> np.ndarray:
         xp = self.pca.apply(xq)
-        out = np.full((len(xq), k * len(self.annoy.segments)), -1, np.int64)
+        out = np.full((len(xq), self.annoy.max_results(k)), -1, np.int64)
         for i, v in enumerate(xp):
             r = self.annoy.get_nns_by_vector(v.tolist(), k, search_k=search_k)
             out[i, :len(r)] = r

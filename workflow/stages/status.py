@@ -25,6 +25,7 @@ from ..formats.layout import (
     is_shard,
     plan_unit,
 )
+from ..formats.prefilter import chain_of
 from ..formats.removed import removal_markers
 from ..search.modes import MODES
 from ..storage.lease import pid_alive, read_leases
@@ -238,35 +239,9 @@ def _add_status(v: View) -> Line:
     return _progress(v, ADD, line, lambda m: m.extra.get("n", 0), remaining, "vec")
 
 
-def _segment_range(m: Marker, counts: list[int]) -> tuple[int, int]:
-    """As `formats.prefilter.shard_range` (which imports Annoy)."""
-    if "first" in m.extra:
-        return m.extra["first"], m.extra["end"]
-    total, end = 0, 0
-    while end < len(counts) and total < m.extra["n"]:
-        total += counts[end]
-        end += 1
-    return 0, end
-
-
-def prefilter_chain(markers: dict[str, Marker], counts: list[int]) -> tuple[list[Marker], int]:
-    """As `formats.prefilter.segment_chain`: the segments in force, in shard order, and
-    how many feature shards they cover."""
-    ranges = {u: _segment_range(m, counts) for u, m in markers.items() if u.startswith("annoy")}
-    chain: list[str] = []
-    pos = 0
-    while (u := next((u for u, (a, _) in ranges.items() if a == pos and u not in chain),
-                     None)) is not None:
-        if ranges[u][1] <= pos or ranges[u][1] > len(counts):
-            break
-        chain.append(u)
-        pos = ranges[u][1]
-    return [markers[u] for u in chain], pos
-
-
 def _prefilter_status(v: View) -> Line:
     feats = v.shards(EXTRACT)
-    chain, covered = prefilter_chain(v.markers[PREFILTER], [m.extra["n"] for m in feats.values()])
+    chain, covered = chain_of(v.markers[PREFILTER], [m.extra["n"] for m in feats.values()])
     if not chain:
         return _progress(v, PREFILTER, Line("in progress", ["building"], False))
     base, shards = chain[0].extra, max(v.planned_shards, len(feats))
