@@ -66,7 +66,7 @@ def base_store(out: Path, n: int, d: int, shard_size: int, seed: int) -> Path:
     t = time.perf_counter()
     write_store(root, n, d, shard_size, seed)
     rows = [run_stage(s, root, []) for s in ("train", "add", "prefilter")]
-    (out / "base.json").write_text(json.dumps({"write_s": time.perf_counter() - t,
+    (out / "base.json").write_text(json.dumps({"build_s": time.perf_counter() - t,
                                                "stages": rows}, indent=1))
     return root
 
@@ -126,6 +126,18 @@ def measure(root: Path, qids: np.ndarray, reps: int = 200) -> dict:
             "p95_ms": 1000 * float(np.percentile(times, 95))}
 
 
+def measure_apart(root: Path, qids: np.ndarray) -> dict:
+    """`measure` in a child process, so that this one stays small: a child's peak RSS
+    (from wait4) counts the memory of the process that started it."""
+    path = root.parent / "qids.npy"
+    np.save(path, qids)
+    r = subprocess.run([sys.executable, __file__, "--measure", str(root), str(path)],
+                       cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def remove_ids(root: Path, k: int, seed: int, n: int) -> float:
     ids = np.sort(np.random.default_rng(seed + 7).choice(n, k, replace=False))
     f = root.parent / "remove.txt"
@@ -148,21 +160,25 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "update")
+    ap.add_argument("--measure", nargs=2, metavar=("STORE", "QIDS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.measure:
+        print(json.dumps(measure(Path(a.measure[0]), np.load(a.measure[1]))))
+        return
     root = base_store(a.out, a.n, a.d, a.shard_size, a.seed)
     if len(plan_markers(Store(root))) > 1:
         raise SystemExit(f"{root} was updated already: delete {a.out / 'base.json'} to "
                          "build the base store again")
     qids = np.sort(np.random.default_rng(a.seed + 1).choice(a.n, 200, replace=False))
-    before = measure(root, qids)
+    before = measure_apart(root, qids)
     print("before:", before, flush=True)
     write_s = append_update(root, a.new, a.d, a.shard_size, a.seed)
     rows = [run_stage(s, root, []) for s in ("train", "add", "prefilter")]
-    after = measure(root, np.concatenate([qids, a.n + np.arange(0, a.new, a.new // 20)]))
-    after_old = measure(root, qids)
+    after = measure_apart(root, np.concatenate([qids, a.n + np.arange(0, a.new, a.new // 20)]))
+    after_old = measure_apart(root, qids)
     print("after:", after_old, flush=True)
     remove_s = remove_ids(root, a.remove, a.seed, a.n + a.new)
-    removed = measure(root, qids)
+    removed = measure_apart(root, qids)
     print("after removal:", removed, flush=True)
     machine = f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     report = {"date": dt.date.today().isoformat(), "machine": machine,

@@ -9,6 +9,7 @@ import os
 import time
 
 from .errors import WorkflowError
+from .formats.layout import STAGE_NAMES
 from .options import EXIT_OK, EXIT_RESUMABLE, add_options, config_from
 from .options import finish as _exit
 from .options import parser as _parser
@@ -18,7 +19,6 @@ logger = logging.getLogger("workflow")
 MODEL_OPTIONS = ("model", "weights", "input_size", "pooling", "preprocessing",
                  "embedding_tensor", "batch_size", "mixed_precision", "xla")
 EVALUATE_OPTIONS = ("queries", "query_dir", "target_recall")
-STAGES = ("preprocess", "extract", "train", "add", "prefilter", "evaluate")
 
 
 def all_parser() -> argparse.ArgumentParser:
@@ -98,7 +98,7 @@ def run_all(a: argparse.Namespace) -> int:
     # a value that is not positive is left to the stages, which refuse it
     deadline = time.monotonic() + a.max_minutes * 60 if (a.max_minutes or 0) > 0 else None
     code = EXIT_OK
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         cfg = _with_time_left(cfgs[stage], deadline)
         if cfg is None:
             code = _out_of_time(a, stage)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ..errors import DeadlineReached, check_settings
-from ..formats.layout import STAGES, stage_folders
+from ..formats.layout import PREPROCESS, REMOVE, REMOVED, STAGES, stage_folders
 from ..options import DEFAULT_STORE, flag_of, opt
 from ..storage.lease import LEASE_DIR, Lease
 from ..storage.store import DONE_DIR, Store
@@ -141,10 +141,12 @@ class StageRun:
 
 
 def reset_stage(store: Store, stage: str) -> list[str]:
-    """Delete a stage's outputs, markers and frozen settings; returns what was removed."""
+    """Delete a stage's outputs, markers and frozen settings; returns what was removed.
+    Resetting preprocess deletes the removal list too: its ids named the old plan's."""
     info = next(s for s in STAGES if s.name == stage)
     removed = []
-    for rel in (info.folders[0], f"{DONE_DIR}/{stage}", f"{LEASE_DIR}/{stage}.json"):
+    also = (REMOVED, f"{DONE_DIR}/{REMOVE}") if stage == PREPROCESS else ()
+    for rel in (info.folders[0], f"{DONE_DIR}/{stage}", f"{LEASE_DIR}/{stage}.json", *also):
         if store.exists(rel):
             store.remove(rel)
             removed.append(rel)
