@@ -95,7 +95,7 @@ def _fake_stages(monkeypatch, takes: dict[str, float], stops_early: str | None =
             return SimpleNamespace(complete=stage != stops_early,
                                    summary=lambda: f"{stage} done")
         return run
-    for stage in pipeline.STAGES:
+    for stage in pipeline.STAGE_NAMES:
         monkeypatch.setattr(f"workflow.stages.{stage}.run", fake(stage))
     monkeypatch.setattr(workflow.stages.status, "status_report", lambda store: "status")
     monkeypatch.setattr(workflow.report.gallery, "commit_results_page", lambda store: "page")
@@ -114,7 +114,7 @@ def test_run_all_max_minutes_is_one_deadline_for_the_whole_job(tmp_path, monkeyp
     assert given == [("preprocess", 10), ("extract", 6)]
     given = _fake_stages(monkeypatch, {})
     assert _run_all(tmp_path) == EXIT_OK  # no deadline: every stage, none given one
-    assert given == [(stage, None) for stage in pipeline.STAGES]
+    assert given == [(stage, None) for stage in pipeline.STAGE_NAMES]
 
 
 def test_run_all_stops_before_a_stage_when_no_time_is_left(tmp_path, monkeypatch, caplog):

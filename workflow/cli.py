@@ -242,6 +242,43 @@ def run_remove(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    p = _parser("workflow serve", (
+        "Serve a finished store over HTTP: a page to search by dropping an image or "
+        "clicking a result (/), a JSON API (POST /search, GET /image/ID, /items/ID, "
+        "/health, /status, /metrics; OpenAPI docs at /docs). The index, re-rank store and "
+        "prefilter are opened once and memory-mapped; the model is loaded by the first "
+        "image query (or at start, with --preload). Ctrl-C stops it."))
+    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
+                   "%(default)s]")
+    p.add_argument("--scratch", default=None, help="local scratch folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind [default: "
+                   "%(default)s: this machine only; the service has no authentication]")
+    p.add_argument("--port", type=int, default=8080, help="[default: %(default)s]")
+    p.add_argument("--preload", action="store_true", help="load the model at start")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get "
+                   "413 [default: %(default)s]")
+    p.add_argument("--max-concurrent", type=int, default=2, help="searches computing at "
+                   "once; the others wait [default: %(default)s]")
+    p.add_argument("--queue-timeout", type=float, default=10.0, help="seconds a request "
+                   "may wait for a slot before it gets 503 [default: %(default)s]")
+    p.add_argument("--cache-size", type=int, default=1024, help="results kept in the "
+                   "query cache [default: %(default)s]")
+    return p
+
+
+def run_serve(a: argparse.Namespace) -> int:
+    from .service.app import Limits
+    from .service.server import ServeConfig, serve
+    if a.max_upload_mb <= 0 or a.max_concurrent < 1 or a.queue_timeout <= 0 or \
+            not 0 <= a.port <= 65535:
+        raise WorkflowError("--max-upload-mb and --queue-timeout must be positive, "
+                            "--max-concurrent at least 1, --port 0..65535")
+    serve(ServeConfig(a.store, a.scratch, a.host, a.port, a.preload, a.cache_size,
+                      Limits(a.max_upload_mb, a.max_concurrent, a.queue_timeout)))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ running a command
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -252,6 +289,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "status": (status_parser, run_status),
     "reset": (reset_parser, run_reset),
     "remove": (remove_parser, run_remove),
+    "serve": (serve_parser, run_serve),
 }
 
 

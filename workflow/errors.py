@@ -9,6 +9,14 @@ class ConfigError(WorkflowError):
     """Invalid settings or arguments."""
 
 
+class BadQuery(ConfigError):
+    """A query that cannot be searched: an image that does not decode, a bad vector."""
+
+
+class UnknownId(BadQuery):
+    """An id that is not in the corpus (or has no feature, or was removed)."""
+
+
 class SourceError(WorkflowError):
     """A source (folder, list file, archive) cannot be listed."""
 

@@ -168,3 +168,19 @@ def test_a_store_that_is_not_writable_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(s.fs, "pipe_file", denied)
     with pytest.raises(StoreError, match="permission denied .*store is writable"):
         s.write_json("run.json", {})
+
+
+def test_a_large_verified_copy_is_not_hashed_again_unless_it_changed(store, tmp_path,
+                                                                     monkeypatch):
+    import workflow.storage.store as mod
+    monkeypatch.setattr(mod, "STAMP_MIN_BYTES", 4)
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"a large re-rank store")
+    m = store.commit(src, "index/big.bin", "add", "big", "fp")
+    local = store.fetch(m, tmp_path / "in" / "big.bin")
+    hashed = []
+    real = mod.sha256_file
+    monkeypatch.setattr(mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert store.fetch(m, local) == local and hashed == []  # the stamp says it is verified
+    local.write_bytes(b"a large re-rank storX")  # changed in place: hashed, fetched again
+    assert store.fetch(m, local).read_bytes() == b"a large re-rank store" and hashed

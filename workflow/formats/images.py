@@ -133,6 +133,15 @@ def read_stored_jpegs(store: Store, rel: str, offsets: list[int]) -> list[bytes]
         return [bytes(f["jpeg"][o]) for o in offsets]
 
 
+def read_item(store: Store, rel: str, offset: int) -> dict:
+    """Key, original size, status and reason of the item at row `offset` of a shard."""
+    with store.fs.open(store.path(rel), "rb") as fh, h5py.File(fh, "r") as f:
+        w, h = (int(v) for v in f["orig_size"][offset])
+        return {"key": f["keys"].asstr()[offset], "orig_size": [w, h],
+                "status": Status(int(f["status"][offset])).label,
+                "reason": f["reason"].asstr()[offset]}
+
+
 def write_report(path: Path, report: dict) -> None:
     """`images/report.json`: totals, every failure with its reason, exact duplicates."""
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import WorkflowError
+from ..errors import BadQuery, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
@@ -21,6 +21,10 @@ class QueryEmbedder:
             raise WorkflowError(f"{store.url} has no extracted features yet; run the "
                                 "preprocess and extract stages first")
         pre, ext = stages[PREPROCESS]["settings"], stages[EXTRACT]["settings"]
+        if "spec" not in ext or "image_size" not in pre:
+            raise BadQuery(f"the features of {store.url} were not made by a model this "
+                           "workflow loads, so images cannot be embedded for it: search by "
+                           "id or by vector")
         self.opts = ImageOptions(pre["image_size"], pre["jpeg_quality"], pre["max_pixels"])
         self.embedder = embedder or make_embedder(ModelSpec(**ext["spec"]), "auto")
         if self.embedder.info["weights_sha256"] != ext["weights_sha256"]:
@@ -36,7 +40,7 @@ class QueryEmbedder:
             r = preprocess_image(bytes(data), self.opts)
             if r.status != Status.OK:
                 name = "query bytes" if isinstance(im, (bytes, bytearray)) else str(im)
-                raise WorkflowError(f"{name}: {Status(r.status).label}: {r.reason}")
+                raise BadQuery(f"{name}: {Status(r.status).label}: {r.reason}")
             batch.append(model_input(r.jpeg, self.embedder.input_size))
             self.last_jpegs.append(r.jpeg)
         return l2_normalize(self.embedder(np.stack(batch)))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -24,9 +25,9 @@ from functools import cached_property
 import faiss
 import numpy as np
 
-from ..errors import ConfigError, WorkflowError
+from ..errors import ConfigError, UnknownId, WorkflowError
 from ..formats.evaluation import read_search_defaults
-from ..formats.images import read_stored_jpegs
+from ..formats.images import read_item, read_stored_jpegs
 from ..formats.index import load_index, load_rerank, load_trained
 from ..formats.layout import PREPROCESS, shard_name
 from ..formats.plan import load_keys_and_bounds
@@ -92,6 +93,7 @@ class Searcher:
         self.defaults = {m: replace(SearchParams(), **saved.get(m, {})) for m in MODES}
         self.default_mode = saved.get("default_mode", "hierarchical")
         self._removals: tuple | None = None  # (version, mask, selector, bitmap, checked at)
+        self._cache_lock, self._model_lock = threading.Lock(), threading.Lock()
         self.removal_check_seconds = REMOVAL_CHECK_SECONDS
 
     # -- lazily loaded parts ---------------------------------------------------------
@@ -234,7 +236,8 @@ class Searcher:
         out: list[QueryResult | None] = [None] * len(qs)
         todo = []
         for i, q in enumerate(qs):
-            hit = self.cache.get((q.cache_key, tag))
+            with self._cache_lock:
+                hit = self.cache.get((q.cache_key, tag))
             if hit is not None:
                 out[i] = replace(hit, query=q.label, cached=True)
             else:
@@ -248,7 +251,8 @@ class Searcher:
                 n = int((I[row] >= 0).sum())
                 ids = I[row, :n].tolist()
                 r = QueryResult(qs[i].label, ids, D[row, :n].tolist(), self.keys(ids))
-                self.cache.put((qs[i].cache_key, tag), r)
+                with self._cache_lock:
+                    self.cache.put((qs[i].cache_key, tag), r)
                 out[i] = r
         for q, r in zip(qs, out):
             r.query_jpeg = q.image
@@ -284,10 +288,12 @@ class Searcher:
         xq = np.zeros((len(qs), self.d), np.float32)
         images = [i for i, q in enumerate(qs) if q.image is not None]
         if images:
-            emb = self.embedder
-            xq[images] = emb.embed([qs[i].image for i in images])
+            with self._model_lock:  # one model call at a time (threads share it)
+                emb = self.embedder
+                xq[images] = emb.embed([qs[i].image for i in images])
+                jpegs = emb.last_jpegs
             for i in images:  # the preprocessed JPEG, shown as the query's thumbnail
-                qs[i].image = emb.last_jpegs[images.index(i)]
+                qs[i].image = jpegs[images.index(i)]
         for i, q in enumerate(qs):
             if q.id is not None:
                 xq[i] = self._id_vector(q.id)
@@ -301,12 +307,26 @@ class Searcher:
 
     def _id_vector(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self.xb):
-            raise ConfigError(f"id {i} is not in the corpus (ids are 0..{len(self.xb) - 1})")
+            raise UnknownId(f"id {i} is not in the corpus (ids are 0..{len(self.xb) - 1})")
         v = np.asarray(self.xb[i], np.float32)
         if not v.any():
-            raise WorkflowError(f"id {i} ({self.keys([i])[0]}) has no feature: its image "
-                                "failed in preprocessing (see images/report.json)")
+            raise UnknownId(f"id {i} ({self.keys([i])[0]}) has no feature: its image "
+                            "failed in preprocessing (see images/report.json)")
         return v
+
+    def item(self, i: int) -> dict:
+        """What the store says of image `i`: key, original size, status and reason."""
+        bounds = self.plan_info[1]
+        if not 0 <= i < int(bounds[-1]):
+            raise UnknownId(f"id {i} is not in the corpus (ids are 0..{int(bounds[-1]) - 1})")
+        s = int(np.searchsorted(bounds, i, side="right")) - 1
+        m = self.store.marker(PREPROCESS, shard_name(s))
+        if m is None:
+            raise UnknownId(f"id {i} is not preprocessed yet")
+        out = {"id": i, **read_item(self.store, m.path, i - int(bounds[s]))}
+        _, removed = self.removals()
+        out["removed"] = bool(i < len(removed) and removed[i])
+        return out
 
     @cached_property
     def embedder(self):

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 DONE_DIR = "_done"
 TMP_TAG = ".tmp-"
+STAMP = ".verified"  # beside a fetched local copy: the marker it was checked against
+STAMP_MIN_BYTES = 16 << 20
 FORMAT_VERSION = 1
 
 
@@ -259,7 +261,7 @@ class Store:
         A verified copy already at `local` is reused.
         """
         local = Path(local)
-        if local.exists() and sha256_file(str(local)) == (marker.size, marker.sha256):
+        if local.exists() and self._verified(local, marker):
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(local.name + TMP_TAG + uuid.uuid4().hex[:8])
@@ -275,7 +277,25 @@ class Store:
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
+        _stamp(local, marker)
         return local
+
+    @staticmethod
+    def _verified(local: Path, marker: Marker) -> bool:
+        """The local copy matches the marker: by the stamp written when it was verified
+        (same size and modification time), else by hashing it (a 5 GB re-rank store
+        takes some 15 s to hash; a restarted search service should not)."""
+        stamp = local.with_name(local.name + STAMP)
+        st = local.stat()
+        try:
+            if json.loads(stamp.read_text()) == [marker.sha256, st.st_size, st.st_mtime_ns]:
+                return True
+        except (OSError, ValueError):
+            pass
+        if sha256_file(str(local)) != (marker.size, marker.sha256):
+            return False
+        _stamp(local, marker)
+        return True
 
     def _damaged(self, marker: Marker) -> bool:
         """The store's own copy differs from what was committed (not just the transfer)."""
@@ -344,6 +364,16 @@ class Store:
         info = self.run_info()
         if info["stages"].pop(stage, None) is not None:
             self.write_json(RUN_FILE, info)
+
+
+def _stamp(local: Path, marker: Marker) -> None:
+    """Record that `local` was verified against `marker` (for `Store._verified`); only
+    for large files, which are slow to hash again."""
+    st = local.stat()
+    if st.st_size < STAMP_MIN_BYTES:
+        return
+    local.with_name(local.name + STAMP).write_text(
+        json.dumps([marker.sha256, st.st_size, st.st_mtime_ns]))
 
 
 def _protocols(fs) -> tuple:

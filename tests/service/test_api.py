@@ -1,0 +1,164 @@
+"""The search service through real HTTP on a real server process: the API, its answers
+in the form `06_search.py --json` prints, and safe by default (loopback, limits, clear
+4xx for bad input, bounded concurrency, no traceback, Ctrl-C)."""
+import concurrent.futures
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT
+from served import Server, build_store
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def srv(built):
+    store, scratch, _ = built
+    with Server(store, scratch, "--max-upload-mb", "1") as s:
+        yield s
+
+
+def test_search_answers_as_the_command_line_does(srv, built):
+    store, scratch, corpus = built
+    status, got = srv.post_json("/search", {"ids": [3, 7], "k": 5, "exclude_self": True})
+    assert status == 200 and got["took_ms"] > 0
+    cli = subprocess.run([sys.executable, "-m", "workflow", "search", "--store", str(store),
+                          "--scratch", str(scratch), "--id", "3", "7", "--k", "5",
+                          "--exclude-self", "--json"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert got["results"] == [json.loads(line) for line in cli.stdout.splitlines()]
+    # an uploaded corpus image finds itself first; options as query parameters
+    path = sorted(corpus.rglob("*.jpg"))[4]
+    status, got = srv.upload(path.read_bytes(), "?k=3&mode=exact")
+    assert status == 200, got
+    first = got["results"][0]["results"][0]
+    assert first["key"] == str(path.relative_to(corpus)) and first["score"] > 0.99
+    assert len(got["results"][0]["results"]) == 3
+    status, got = srv.post_json("/search", {"vectors": [[0.1] * 1280], "k": 2})
+    assert status == 200 and len(got["results"][0]["results"]) == 2
+
+
+def test_images_items_status_metrics_docs_and_the_page(srv):
+    status, _, body = srv.request("GET", "/image/4")
+    assert status == 200 and body[:2] == b"\xff\xd8"
+    status, body = srv.get("/items/4")
+    item = json.loads(body)
+    assert status == 200 and item["status"] == "ok" and item["orig_size"] == [40, 32]
+    status, body = srv.get("/status")
+    st = json.loads(body)
+    assert st["corpus"] == {"version": 1, "images": 30} and "hierarchical" in st["modes"]
+    assert st["stages"]["add"].startswith("complete")
+    for path in ("/docs", "/openapi.json", "/"):
+        assert srv.get(path)[0] == 200, path
+    status, body = srv.get("/metrics")
+    text = body.decode()
+    assert 'workflow_requests_total{route="/image/{image_id}",status="200"}' in text
+    assert "workflow_request_seconds_bucket" in text
+    assert "workflow_query_cache_hit_rate" in text
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("notes.jpg", "not_image"), ("truncated.jpg", "corrupt"), ("bomb.png", "too_large"),
+    ("empty.jpg", "empty"), ("photo.heic", "unsupported")])
+def test_a_bad_upload_is_a_400_with_the_reason_preprocess_records(srv, tmp_path, name,
+                                                                   kind):
+    from workflow.demo import make_bad_inputs
+    make_bad_inputs(tmp_path)
+    status, got = srv.upload((tmp_path / name).read_bytes(), name="../../etc/passwd")
+    assert status == 400 and f": {kind}: " in got["detail"], got
+
+
+@pytest.mark.parametrize("method,path,body,code,words", [
+    ("GET", "/image/999", None, 404, "no stored image"),
+    ("GET", "/items/999", None, 404, "not in the corpus"),
+    ("GET", "/image/abc", None, 422, "image_id"),
+    ("POST", "/search", {"ids": [999]}, 404, "not in the corpus"),
+    ("POST", "/search", {"ids": [1], "k": 0}, 422, "k must be between"),
+    ("POST", "/search", {"ids": [1], "mode": "fast"}, 422, "mode must be one of"),
+    ("POST", "/search", {"ids": "1"}, 422, "non-empty list of integers"),
+    ("POST", "/search", {"ids": [1], "vectors": [[1]]}, 422, "exactly one of"),
+    ("POST", "/search", {"vectors": [[1, 2]]}, 422, "[n, 1280]"),
+    ("POST", "/search", {"ids": [1], "color": "red"}, 422, "unknown option"),
+    ("POST", "/search", [1, 2], 422, "must be an object"),
+])
+def test_bad_requests_get_a_4xx_with_the_reason(srv, method, path, body, code, words):
+    data = None if body is None else json.dumps(body).encode()
+    status, _, out = srv.request(method, path, data, {"Content-Type": "application/json"})
+    assert status == code and words in json.loads(out)["detail"], out
+    assert b"Traceback" not in out
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(srv):
+    # the declared size alone: 413 at once, with the 50 MB never sent
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                  b"boundary=b\r\nContent-Length: 52428800\r\n\r\n--b\r\n")
+        t = time.monotonic()
+        reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 413") and time.monotonic() - t < 5
+    # no declared size (chunked): refused once 1 MB has streamed in
+    head = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n"
+    status, _, out = srv.request("POST", "/search", _chunks(head + b"\0" * (3 << 20)),
+                                 {"Content-Type": "multipart/form-data; boundary=b",
+                                  "Transfer-Encoding": "chunked"})
+    assert status == 413 and b"--max-upload-mb" in out
+    assert srv.get("/health")[0] == 200  # the server is alive
+
+
+def _chunks(data: bytes):
+    for i in range(0, len(data), 1 << 16):
+        yield data[i:i + (1 << 16)]
+
+
+def test_bounded_concurrency_answers_503_when_the_wait_is_too_long(built):
+    store, scratch, corpus = built
+    image = sorted(corpus.rglob("*.jpg"))[0].read_bytes()
+    with Server(store, scratch, "--max-concurrent", "1", "--queue-timeout", "0.3") as s:
+        # the first image query loads the model (seconds) while holding the only slot
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(s.upload, image, "?k=2") for _ in range(6)]
+            codes = sorted(f.result()[0] for f in futures)
+        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+        busy = next(f.result()[1] for f in futures if f.result()[0] == 503)
+        assert "busy" in busy["detail"]
+        assert s.get("/health")[0] == 200
+
+
+def test_it_binds_loopback_by_default_warns_otherwise_and_stops_on_ctrl_c(built):
+    store, scratch, _ = built
+    with Server(store, scratch) as s:
+        addrs = {c.laddr.ip for c in psutil.Process(s.proc.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+        assert addrs == {"127.0.0.1"}
+        assert s.stop() == 0
+    with Server(store, scratch, host="0.0.0.0") as s:
+        assert s.stop() == 0
+        assert "no authentication" in s.log.read_text()
+
+
+def test_concurrent_queries_batched_together_get_their_own_answers(srv):
+    alone = {i: srv.post_json("/search", {"ids": [i], "k": 4})[1]["results"]
+             for i in range(12)}
+    with concurrent.futures.ThreadPoolExecutor(13) as pool:
+        futures = {i: pool.submit(srv.post_json, "/search", {"ids": [i], "k": 4})
+                   for i in [*range(12), 999]}
+    for i, f in futures.items():
+        status, got = f.result()
+        if i == 999:  # an unknown id in a batch fails alone
+            assert status == 404 and "999" in got["detail"]
+        else:
+            assert status == 200 and got["results"] == alone[i], i
+    text = srv.get("/metrics")[1].decode()
+    one = float(text.split('workflow_search_batch_queries_bucket{le="1.0"} ')[1].split()[0])
+    count = float(text.split("workflow_search_batch_queries_count ")[1].split()[0])
+    assert count > one  # some batches held several queries

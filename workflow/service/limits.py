@@ -1,0 +1,82 @@
+"""What keeps the service safe under load and abuse: a cap on request bodies (413
+before the rest is read), and a gate that bounds how many searches compute at once
+(the model and Faiss share the cores); a request that waits too long gets 503."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.concurrency import run_in_threadpool
+
+
+class UploadTooLarge(Exception):
+    """A request body went past the limit while it was being read."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the upload is larger than the limit of {limit / 2**20:g} MB "
+                         "(--max-upload-mb)")
+
+
+class Busy(Exception):
+    """No computing slot came free within the queue timeout."""
+
+
+class BodyLimit:
+    """ASGI middleware: a declared Content-Length over `limit` bytes is answered 413 at
+    once, unread; a body that streams past it raises UploadTooLarge where it is read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _reply_413(send, str(UploadTooLarge(self.limit)))
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise UploadTooLarge(self.limit)
+            return message
+        await self.app(scope, counted, send)
+
+
+async def _reply_413(send, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gate:
+    """At most `slots` calls run at once, in worker threads; the others wait up to
+    `timeout` seconds, then raise Busy."""
+
+    def __init__(self, slots: int, timeout: float):
+        self.slots, self.timeout = slots, timeout
+        self._sem: asyncio.Semaphore | None = None
+        self.waiting = 0
+
+    async def run(self, fn, *args, **kwargs):
+        if self._sem is None:  # made in the server's event loop
+            self._sem = asyncio.Semaphore(self.slots)
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.timeout)
+        except TimeoutError:
+            raise Busy(f"the service is busy ({self.slots} searches computing, "
+                       f"{self.waiting - 1} more waiting); try again") from None
+        finally:
+            self.waiting -= 1
+        try:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        finally:
+            self._sem.release()

@@ -1,0 +1,98 @@
+"""Reading a `POST /search` request: the queries (an uploaded image, ids or vectors) and
+the search options, each checked, with a reason for every refusal. Nothing from a
+request is used as a file-system path: an upload is searched from its bytes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fastapi import Request
+
+from ..errors import BadQuery, ConfigError
+from ..search.modes import MODES
+from .limits import UploadTooLarge
+
+INT_OPTIONS = ("k", "nprobe", "rerank", "annoy", "search_k")
+
+
+async def parse_query(request: Request, limits, d: int) -> tuple[list, dict]:
+    """(queries for `Searcher.search`, its keyword options)."""
+    params = dict(request.query_params)
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        queries, fields = await _upload(request)
+        params.update(fields)
+    else:
+        queries, fields = await _json_body(request, d)
+        params.update(fields)
+    if len(queries) > limits.max_queries:
+        raise ConfigError(f"at most {limits.max_queries} queries per request")
+    return queries, options(params, limits)
+
+
+async def _upload(request: Request) -> tuple[list, dict]:
+    try:
+        form = await request.form(max_files=1, max_fields=20)
+    except Exception as e:  # noqa: BLE001 - any malformed form is the client's error
+        if isinstance(e, UploadTooLarge):
+            raise
+        raise BadQuery(f"the upload is not a valid multipart form ({e})") from None
+    image = form.get("image")
+    if image is None or isinstance(image, str):
+        raise ConfigError("the form has no file in the field 'image'")
+    data = await image.read()
+    fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+    return [data], fields
+
+
+async def _json_body(request: Request, d: int) -> tuple[list, dict]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as e:
+        raise ConfigError(f"the body is neither a multipart upload nor JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise ConfigError('the JSON body must be an object: {"ids": [...]} or '
+                          '{"vectors": [[...]]}')
+    ids, vectors = body.pop("ids", None), body.pop("vectors", None)
+    if (ids is None) == (vectors is None):
+        raise ConfigError('give exactly one of "ids", "vectors" (or upload an "image")')
+    if ids is not None:
+        if not isinstance(ids, list) or not ids or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError('"ids" must be a non-empty list of integers')
+        return list(ids), body
+    try:
+        x = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError('"vectors" must be a list of lists of numbers') from None
+    if x.ndim != 2 or x.shape[1] != d or not len(x) or not np.isfinite(x).all():
+        raise ConfigError(f'"vectors" must be [n, {d}] finite numbers, not {list(x.shape)}')
+    return [x], body
+
+
+def options(params: dict, limits) -> dict:
+    """The search options, checked: k, mode, nprobe, rerank, annoy, search_k,
+    exclude_self."""
+    unknown = set(params) - {*INT_OPTIONS, "mode", "exclude_self"}
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    out: dict = {}
+    for name in INT_OPTIONS:
+        if name in params:
+            try:
+                out[name] = int(params[name])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be an integer, not {params[name]!r}") from None
+    if not 1 <= out.get("k", 10) <= limits.max_k:
+        raise ConfigError(f"k must be between 1 and {limits.max_k}")
+    if "mode" in params and params["mode"] not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}")
+    out["mode"] = params.get("mode")
+    flag = params.get("exclude_self", False)
+    if isinstance(flag, str):
+        if flag.lower() not in ("true", "false", "1", "0", ""):
+            raise ConfigError("exclude_self must be true or false")
+        flag = flag.lower() in ("true", "1")
+    out["exclude_self"] = bool(flag)
+    return out
