@@ -39,7 +39,7 @@ class Limits:
     queue_timeout: float = 10.0
     max_k: int = 1000
     max_queries: int = 256
-    max_batch: int = 64  # queries answered by one search call (micro-batching)
+    max_batch: int = 8  # queries answered by one search call (micro-batching)
 
 
 ERRORS = ((UnknownId, 404), (BadQuery, 400), (ConfigError, 422), (Busy, 503),
@@ -90,8 +90,8 @@ def create_app(searcher, limits: Limits = Limits(), status=None) -> FastAPI:
             results = await gate.run(searcher.search, queries, **opts)
         else:
             results = await batcher.run(queries, opts)
-        return {"results": [r.to_json() for r in results],
-                "took_ms": round(1000 * (time.perf_counter() - t), 3)}
+        return JSONResponse({"results": [r.to_json() for r in results],  # no re-encoding
+                             "took_ms": round(1000 * (time.perf_counter() - t), 3)})
 
     @app.get("/image/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
     async def image(image_id: int):

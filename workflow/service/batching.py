@@ -17,15 +17,15 @@ class Batcher:
         self.gate, self.search, self.max_batch = gate, search, max_batch
         self.observe = observe or (lambda size: None)  # each batch's size (metrics)
         self.pending: dict[str, list] = {}
-        self.draining: set[str] = set()
+        self.draining: dict[str, int] = {}  # batches being taken per key: one per slot
 
     async def run(self, queries: list, opts: dict) -> list:
         """The results of `search(queries, **opts)`, computed with other requests'."""
         key = json.dumps(opts, sort_keys=True)
         future = asyncio.get_running_loop().create_future()
         self.pending.setdefault(key, []).append((queries, future))
-        if key not in self.draining:
-            self.draining.add(key)
+        if self.draining.get(key, 0) < self.gate.slots:
+            self.draining[key] = self.draining.get(key, 0) + 1
             asyncio.get_running_loop().create_task(self._drain(key, opts))
         return await future
 
@@ -39,7 +39,9 @@ class Batcher:
                     size += len(batch[-1][0])
                 await self._answer(batch, opts)
         finally:  # no await since the loop found nothing pending: none can be missed
-            self.draining.discard(key)
+            self.draining[key] -= 1
+            if not self.draining[key]:
+                del self.draining[key]
             if not self.pending.get(key):
                 self.pending.pop(key, None)
 
