@@ -134,6 +134,7 @@ def run(cfg: TrainConfig) -> TrainResult:
             _forget_training(run.store, n)
         done = run.store.marker(STAGE, "index")
         if done is not None:
+            run.cleanup()  # a fit report a killed run left half-committed
             fit = check_fit(run, markers, done)
             return TrainResult(True, done.extra["factory"], n, d,
                                done.extra["plan"]["train_size"], run.seconds, run.store.url,
