@@ -19,6 +19,19 @@ from ..storage.marker import Marker
 from ..storage.store import Store
 from .layout import DEFAULTS_FILE, EVALUATE
 
+LEGACY_CORPUS = "1.0"  # what evaluations made before corpus updates existed belong to
+
+
+def corpus_id(plan_version: int, removal_version: int) -> str:
+    """The corpus a ground truth, a sweep or a report belongs to: "<plan version>.<removal
+    list version>"."""
+    return f"{plan_version}.{removal_version}"
+
+
+def of_corpus(marker: Marker | None, corpus: str) -> bool:
+    """The unit is committed and belongs to `corpus`."""
+    return marker is not None and marker.extra.get("corpus", LEGACY_CORPUS) == corpus
+
 
 def commit_npz(store: Store, rel: str, unit: str, fp: str, extra: dict | None,
                **arrays: np.ndarray) -> None:

@@ -230,12 +230,18 @@ def _prefixes_after(plan: Plan, sources: Sequence[Source]) -> list[str]:
     return out
 
 
-def plan_markers(store: Store) -> list[Marker]:
-    """The committed plan segments' markers, in order (segment 1 first)."""
-    markers = store.markers(PREPROCESS)
+def plan_chain(markers: dict[str, Marker]) -> list[Marker]:
+    """The plan segments' markers among the preprocess stage's, in order (none before
+    the sources are listed)."""
     out = []
     while (m := markers.get(plan_unit(len(out) + 1))) is not None:
         out.append(m)
+    return out
+
+
+def plan_markers(store: Store) -> list[Marker]:
+    """The committed plan segments' markers, in order (segment 1 first)."""
+    out = plan_chain(store.markers(PREPROCESS))
     if not out:
         raise WorkflowError(f"{store.url} has no plan; run scripts/01_preprocess.py")
     return out
@@ -271,7 +277,7 @@ def preprocess_complete(store: Store) -> bool:
     """Every shard of the latest corpus version is done and reported."""
     markers = store.markers(PREPROCESS)
     report = markers.get("report")
-    return report is not None and report.extra.get("version", 1) == corpus_version(store)
+    return report is not None and report.extra.get("version", 1) == len(plan_chain(markers))
 
 
 def first_new_shard(store: Store, first_id: int) -> int:

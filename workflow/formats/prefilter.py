@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import WorkflowError
 from ..storage.marker import Marker
 from ..storage.store import Store
-from .layout import PREFILTER
+from .layout import EXTRACT, PREFILTER, is_shard
 
 if TYPE_CHECKING:
     import annoy
@@ -122,5 +122,4 @@ def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
 
 
 def _counts(store: Store) -> list[int]:
-    from .layout import EXTRACT, is_shard
     return [m.extra["n"] for u, m in sorted(store.markers(EXTRACT).items()) if is_shard(u)]

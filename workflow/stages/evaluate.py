@@ -31,9 +31,11 @@ from ..formats.evaluation import (
     commit_bytes,
     commit_npz,
     load_npz,
+    of_corpus,
     report_json,
     search_defaults_json,
 )
+from ..formats.evaluation import corpus_id as make_corpus_id
 from ..formats.features import feature_markers, fetch_features
 from ..formats.layout import (
     ADD,
@@ -203,7 +205,7 @@ def _queries(run: StageRun, searcher: Searcher) -> dict:
     """The queries and their exact top K_GT: from the store, or computed and committed."""
     cfg, store = run.cfg, run.store
     corpus = corpus_id(store)
-    if not _of_corpus(store.marker(STAGE, "groundtruth"), corpus):
+    if not of_corpus(store.marker(STAGE, "groundtruth"), corpus):
         _, removed = searcher.removals()
         if cfg.query_dir:
             qids, xq, qkeys = _embed_query_dir(cfg.query_dir, searcher, cfg.progress)
@@ -219,13 +221,8 @@ def _queries(run: StageRun, searcher: Searcher) -> dict:
 
 
 def corpus_id(store: Store) -> str:
-    """The corpus a ground truth or a sweep belongs to: "<plan version>.<removal list
-    version>" (evaluations made before updates existed belong to "1.0")."""
-    return f"{corpus_version(store)}.{removal_version(store)}"
-
-
-def _of_corpus(marker, corpus: str) -> bool:
-    return marker is not None and marker.extra.get("corpus", "1.0") == corpus
+    """The corpus the store holds now (`formats.evaluation.corpus_id`)."""
+    return make_corpus_id(corpus_version(store), removal_version(store))
 
 
 def _embed_query_dir(folder: str, searcher: Searcher, progress: bool):
@@ -249,7 +246,7 @@ def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: 
     """(D, I, shards done) of a checkpoint of this ground truth, or a fresh start."""
     D, I = np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64)
     pm = run.store.marker(STAGE, "groundtruth-partial")
-    if _of_corpus(pm, corpus):
+    if of_corpus(pm, corpus):
         f = load_npz(run.store, pm)
         if f["D"].shape == D.shape and np.array_equal(f["qids"], qids):
             return f["D"], f["I"], list(pm.extra["done"])
@@ -294,7 +291,7 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
     store, unit = run.store, f"sweep-{mode}"
     m = store.marker(STAGE, unit)
     corpus = corpus_id(store)
-    if not _of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION:  # measured otherwise
+    if not of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION:  # measured otherwise
         run.check_deadline()
         import faiss
         nlist = faiss.extract_index_ivf(searcher.index).nlist

@@ -66,7 +66,8 @@ def freeze(run: StageRun, sources: list[str]) -> str:
     if frozen is None:
         return run.freeze(settings_of(cfg, sources), versions=versions())
     old = frozen["settings"]["sources"]
-    if sources != old and not cfg.update and sources != current_sources(store):
+    latest = current_sources(store) if sources != old else old
+    if sources != old and not cfg.update and sources != latest:
         raise FingerprintMismatch(
             f"the --source list differs from the one this store was built from ({', '.join(old)}). "
             "If your collection changed, re-run with --update and the complete list (old "
@@ -74,7 +75,7 @@ def freeze(run: StageRun, sources: list[str]) -> str:
             "give the frozen list (or none) to resume.")
     fp = run.freeze(settings_of(cfg, old), versions=versions(),
                     pending=not preprocess_complete(store))
-    if sources != old and sources == current_sources(store):
+    if sources != old and sources == latest:
         update_settings(store, STAGE, sources=sources)
     return fp
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..formats.evaluation import LEGACY_CORPUS, corpus_id
 from ..formats.layout import (
     ADD,
     EVALUATE,
@@ -23,8 +24,8 @@ from ..formats.layout import (
     TRAIN,
     TRAINED,
     is_shard,
-    plan_unit,
 )
+from ..formats.plan import plan_chain
 from ..formats.prefilter import chain_of
 from ..formats.removed import removal_markers
 from ..search.modes import MODES
@@ -73,10 +74,7 @@ class View:
     @property
     def plan(self) -> list[Marker]:
         """The plan segments' markers, in order (none before the sources are listed)."""
-        pre, out = self.markers[PREPROCESS], []
-        while (m := pre.get(plan_unit(len(out) + 1))) is not None:
-            out.append(m)
-        return out
+        return plan_chain(self.markers[PREPROCESS])
 
     @property
     def version(self) -> int:
@@ -92,8 +90,7 @@ class View:
 
     @property
     def corpus_id(self) -> str:
-        """As `stages.evaluate.corpus_id`: "<plan version>.<removal list version>"."""
-        return f"{self.version}.{self.removed[-1].extra['version'] if self.removed else 0}"
+        return corpus_id(self.version, self.removed[-1].extra["version"] if self.removed else 0)
 
 
 # ------------------------------------------------------------------ times and rates
@@ -264,7 +261,7 @@ def _evaluated_corpus(report: Marker, gt: Marker | None) -> str | None:
     t_report, t_gt = _when(report), _when(gt)
     if t_report is not None and t_gt is not None and t_report < t_gt:
         return None
-    return str(gt.extra.get("corpus", "1.0"))
+    return str(gt.extra.get("corpus", LEGACY_CORPUS))
 
 
 def _evaluate_status(v: View) -> Line:
