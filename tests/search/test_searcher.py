@@ -47,6 +47,13 @@ def test_exclude_self_and_vector_queries(store):
     assert s.search(v, k=5, mode="exact")[0].ids == one.ids
 
 
+def test_queries_are_projected_for_the_prefilter_as_faiss_does(store):
+    s = Searcher(store)
+    xq = np.random.default_rng(0).standard_normal((5, s.d)).astype(np.float32)
+    assert s._projection is not None  # the PCA, as numpy (matrix, bias)
+    np.testing.assert_allclose(s.project(xq), s.pca.apply(xq), rtol=1e-5, atol=1e-5)
+
+
 def test_a_repeated_query_is_served_by_the_cache_without_the_index(store, monkeypatch):
     s = Searcher(store, cache_size=8)
     first = s.search([3, 4], k=5)

@@ -11,18 +11,23 @@ import pytest
 from workflow.formats.index import load_trained, write_rerank_store
 from workflow.formats.prefilter import load_prefilter
 from workflow.stages import add, prefilter, train
+from workflow.storage.mounts import ENV
 from workflow.storage.store import Store
 
 from conftest import grow_feature_store, indexed_store, structured_vectors
 
 
-@pytest.fixture(scope="module")
-def grown(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grown")
-    store = indexed_store(tmp, n=600, d=32, shard_size=100)
-    before = {p: open(p, "rb").read() for p in glob.glob(f"{store}/index/parts/*.faiss")}
-    grow_feature_store(tmp, n=600, new=150, d=32, shard_size=100)
-    return store, before
+@pytest.fixture(scope="module", params=["auto", "always"])
+def grown(tmp_path_factory, request):
+    """A store that grew; its large files read in place (auto, on a local disk) or
+    staged in as a store on a network mount would have them (always)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, request.param)
+        tmp = tmp_path_factory.mktemp("grown")
+        store = indexed_store(tmp, n=600, d=32, shard_size=100)
+        before = {p: open(p, "rb").read() for p in glob.glob(f"{store}/index/parts/*.faiss")}
+        grow_feature_store(tmp, n=600, new=150, d=32, shard_size=100)
+        yield store, before
 
 
 def test_train_keeps_its_index_and_reports_its_fit(grown):

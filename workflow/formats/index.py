@@ -110,9 +110,10 @@ def runs(ids: np.ndarray) -> list[tuple[int, int]]:
 
 
 def load_rerank(store: Store) -> np.ndarray:
-    """The float16 re-rank store, memory-mapped from local disk."""
+    """The float16 re-rank store, memory-mapped (in place on a local disk, else from a
+    verified copy in scratch: `Store.read_path`)."""
     m = store.marker(ADD, "rerank")
     if m is None:
         raise WorkflowError(f"{store.url} has no re-rank store; run scripts/04_add.py")
-    return np.load(store.fetch(m, store.scratch / ADD / "final" / "rerank.npy"),
+    return np.load(store.read_path(m, store.scratch / ADD / "final" / "rerank.npy"),
                    mmap_mode="r")

@@ -106,7 +106,7 @@ class Prefilter:
 
 
 def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
-    """The prefilter, its segments staged in and memory-mapped. `counts` (the feature
+    """The prefilter, its segments memory-mapped (`Store.read_path`). `counts` (the feature
     shards' vector counts) is needed only for a base built before segments existed."""
     markers = store.markers(PREFILTER)
     if BASE not in markers:
@@ -116,7 +116,7 @@ def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
     segments = []
     for m in chain:
         index = annoy.AnnoyIndex(m.extra["dim"], METRIC)
-        index.load(str(store.fetch(m, store.scratch / PREFILTER / "final" / Path(m.path).name)))
+        index.load(str(store.read_path(m, store.scratch / PREFILTER / "final" / Path(m.path).name)))
         segments.append((index, m.extra["n"]))
     return Prefilter(sorted(segments, key=lambda s: -s[1]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import faiss
 from starlette.concurrency import run_in_threadpool
 
 
@@ -58,10 +59,11 @@ async def _reply_413(send, detail: str) -> None:
 
 class Gate:
     """At most `slots` calls run at once, in worker threads; the others wait up to
-    `timeout` seconds, then raise Busy."""
+    `timeout` seconds, then raise Busy. With `threads`, each call's OpenMP (Faiss) uses
+    that many threads: OpenMP's setting belongs to the thread that makes it."""
 
-    def __init__(self, slots: int, timeout: float):
-        self.slots, self.timeout = slots, timeout
+    def __init__(self, slots: int, timeout: float, threads: int | None = None):
+        self.slots, self.timeout, self.threads = slots, timeout, threads
         self._sem: asyncio.Semaphore | None = None
         self.waiting = 0
 
@@ -70,13 +72,21 @@ class Gate:
             self._sem = asyncio.Semaphore(self.slots)
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._sem.acquire(), self.timeout)
+            if self._sem.locked():
+                await asyncio.wait_for(self._sem.acquire(), self.timeout)
+            else:  # a slot is free: taken at once, without a timer and a task
+                await self._sem.acquire()
         except TimeoutError:
             raise Busy(f"the service is busy ({self.slots} searches computing, "
                        f"{self.waiting - 1} more waiting); try again") from None
         finally:
             self.waiting -= 1
         try:
-            return await run_in_threadpool(fn, *args, **kwargs)
+            return await run_in_threadpool(self._call, fn, *args, **kwargs)
         finally:
             self._sem.release()
+
+    def _call(self, fn, *args, **kwargs):
+        if self.threads:
+            faiss.omp_set_num_threads(self.threads)
+        return fn(*args, **kwargs)

@@ -190,7 +190,7 @@ def _rerank_store(run: StageRun, feats: dict, old: Marker | None) -> None:
     d = next(iter(feats.values())).extra["dim"]
     units, base = list(feats), None
     if old is not None and old.extra["rows"] < n_ids:
-        base = store.fetch(old, run.work / "rerank-old.npy")
+        base = store.read_path(old, run.work / "rerank-old.npy")
         first = first_new_shard(store, old.extra["rows"])
         units = [u for u in units if int(u.split("-")[1]) >= first]
     path = run.work / "rerank.npy"
@@ -201,7 +201,7 @@ def _rerank_store(run: StageRun, feats: dict, old: Marker | None) -> None:
     run.lease.check()
     store.commit(path, RERANK_FILE, STAGE, "rerank", run.fp, {"rows": n_ids, "dim": d})
     path.unlink()
-    if base is not None:
+    if base is not None and run.work in base.parents:  # a staged copy, not the store's
         base.unlink()
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..errors import CorruptFile, StoreError
 from ..utils import retry_io, sha256_file
 from .frozen import freeze
 from .marker import Marker
+from .mounts import reads_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +282,21 @@ class Store:
         _stamp(local, marker)
         return local
 
+    @cached_property
+    def in_place(self) -> bool:
+        """Committed files can be memory-mapped where they lie (`storage.mounts`)."""
+        return self.is_local and reads_in_place(self.root)
+
+    def read_path(self, marker: Marker, local: str | os.PathLike) -> Path:
+        """A file to read (memory-map, never write) a committed file from: the store's
+        own file where the store is on a local disk (its size checked against the
+        marker), else a verified copy staged in at `local` (`fetch`)."""
+        if not self.in_place:
+            return self.fetch(marker, local)
+        if self.size(marker.path) != marker.size:
+            raise self._discard(marker)
+        return Path(self.path(marker.path))
+
     @staticmethod
     def _verified(local: Path, marker: Marker) -> bool:
         """The local copy matches the marker: by the stamp written when it was verified
@@ -304,7 +321,9 @@ class Store:
 
     def _discard(self, marker: Marker) -> CorruptFile:
         """Forget a damaged unit, so that its stage recomputes it; the error to raise."""
-        self.remove_marker(marker.stage, marker.unit, remove_file=True)
+        for rel in (self.marker_path(marker.stage, marker.unit), marker.path):  # marker 1st
+            if self.exists(rel):
+                self.remove(rel)
         logger.error("%s is damaged: it no longer matches the checksum recorded when it was "
                      "committed; removed it and its marker", self.display(marker.path))
         return CorruptFile(
