@@ -86,3 +86,24 @@ def test_a_file_of_the_wrong_size_in_place_is_discarded_with_the_remedy(tmp_path
         store.read_path(m, tmp_path / "s" / "copy.npy")
     assert store.marker("add", "rerank") is None
     assert not os.path.exists(tmp_path / "store" / "index" / "rerank.npy")
+
+
+def test_read_ahead_asks_for_whole_files_in_chunks_while_they_fit(tmp_path, monkeypatch,
+                                                                   caplog):
+    import types
+
+    import psutil
+
+    from workflow.storage.mounts import read_ahead
+    small, big = tmp_path / "small.npy", tmp_path / "big.ann"
+    small.write_bytes(b"s" * 10)
+    big.write_bytes(b"b" * 100)
+    asked = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: asked.append(
+        (os.fstat(fd).st_size, off, n, advice)), raising=False)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(
+        available=2 * 50))
+    with caplog.at_level("INFO"):
+        read_ahead([str(small), str(tmp_path / "gone"), str(big)], chunk=4)
+    assert asked == [(10, off, 4, os.POSIX_FADV_WILLNEED) for off in (0, 4, 8)]
+    assert "not reading" in caplog.text and "big.ann" in caplog.text

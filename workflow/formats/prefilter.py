@@ -80,8 +80,8 @@ def segment_chain(store: Store, counts: list[int]) -> tuple[list[Marker], list[M
 class Prefilter:
     """The segments in force, queried together: each returns its own k nearest."""
 
-    def __init__(self, segments: list[tuple[annoy.AnnoyIndex, int]]):
-        self.segments = segments
+    def __init__(self, segments: list[tuple[annoy.AnnoyIndex, int]], files: list[str] = ()):
+        self.segments, self.files = segments, list(files)  # the memory-mapped files
         self.n = sum(n for _, n in segments)
 
     def get_n_items(self) -> int:
@@ -113,12 +113,14 @@ def load_prefilter(store: Store, counts: list[int] | None = None) -> Prefilter:
         raise WorkflowError(f"{store.url} has no prefilter; run scripts/05_prefilter.py")
     import annoy
     chain, _ = segment_chain(store, counts or _counts(store))
-    segments = []
+    segments, files = [], []
     for m in chain:
         index = annoy.AnnoyIndex(m.extra["dim"], METRIC)
-        index.load(str(store.read_path(m, store.scratch / PREFILTER / "final" / Path(m.path).name)))
+        files.append(str(store.read_path(m, store.scratch / PREFILTER / "final" /
+                                         Path(m.path).name)))
+        index.load(files[-1])
         segments.append((index, m.extra["n"]))
-    return Prefilter(sorted(segments, key=lambda s: -s[1]))
+    return Prefilter(sorted(segments, key=lambda s: -s[1]), files)
 
 
 def _counts(store: Store) -> list[int]:

@@ -34,6 +34,7 @@ from ..formats.plan import load_keys_and_bounds
 from ..formats.prefilter import load_prefilter
 from ..formats.removed import load_removed, removal_version
 from ..index.knn import EXACT_BLOCK, drop_ids, exact_search, rerank, rerank_store_blocks
+from ..storage.mounts import read_ahead
 from ..storage.store import Store
 from .cache import QueryCache
 from .modes import MODES, SearchParams, check_mode
@@ -115,6 +116,17 @@ class Searcher:
     @cached_property
     def annoy(self):
         return load_prefilter(self.store)
+
+    def prefetch(self) -> threading.Thread:
+        """Ask the kernel, in a background thread, to read the memory-mapped re-rank
+        store and prefilter into the page cache: after a cold start, the first queries
+        would otherwise wait on random disk reads. Costs no memory that cannot be given
+        back (page cache) and nothing where the files are already cached."""
+        files = [self.xb.filename] + (self.annoy.files if "annoy" in self.__dict__ else [])
+        t = threading.Thread(target=read_ahead, args=(files,), daemon=True,
+                             name="prefetch")
+        t.start()
+        return t
 
     # -- removed ids ---------------------------------------------------------------------
     def removals(self) -> tuple[int, np.ndarray]:
@@ -377,4 +389,5 @@ def _read_query_file(path) -> bytes:
     except OSError as e:
         raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
                             "check the path") from None
+
 

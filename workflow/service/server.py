@@ -49,6 +49,7 @@ def open_searcher(cfg: ServeConfig):
         logger.warning("no prefilter (%s): the annoy modes will answer with an error", e)
     if cfg.preload:
         s.embedder  # noqa: B018
+    s.prefetch()
     logger.info("opened %s: %d vectors of dimension %d in %.1f s", s.store.url,
                 s.index.ntotal, s.d, time.monotonic() - t)
     return s

@@ -6,15 +6,19 @@ and no second copy taking disk space. Through Google Drive's FUSE mount, NFS, SM
 object-store mount, every random read would cost a round trip, so those files are first
 copied to local scratch and verified (`Store.fetch`). File-system types not known to be
 local disks are treated like network mounts. `WORKFLOW_STAGE_IN=always` copies in any
-case (e.g. for a slow USB disk).
+case (e.g. for a slow USB disk). `read_ahead` fills the page cache with such files, so
+that the first random reads after a cold start do not each wait on the disk.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 ENV = "WORKFLOW_STAGE_IN"
 SETTINGS = ("auto", "always")
@@ -56,3 +60,29 @@ def reads_in_place(path: str | os.PathLike) -> bool:
     """Files under `path` can be memory-mapped where they lie (a local disk, and
     `WORKFLOW_STAGE_IN` is not `always`)."""
     return stage_in_setting() == "auto" and mount_type(path) in LOCAL_DISK_TYPES
+
+
+def read_ahead(files: list[str], chunk: int = 4 << 20) -> None:
+    """Read-ahead of whole files into the page cache, in chunks (Linux reads at most a
+    few MB per request), as long as they fit in half the memory available."""
+    if not hasattr(os, "posix_fadvise"):  # not Linux
+        return
+    import psutil
+    budget = psutil.virtual_memory().available // 2
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if size > budget:
+                logger.info("not reading %s ahead: larger than half the free memory", path)
+                break
+            budget -= size
+            for offset in range(0, size, chunk):
+                os.posix_fadvise(fd, offset, chunk, os.POSIX_FADV_WILLNEED)
+        except OSError as e:
+            logger.debug("no read-ahead for %s: %s", path, e)
+        finally:
+            os.close(fd)
