@@ -121,9 +121,11 @@ def structured_vectors(n: int, d: int, seed: int = 0, clusters: int = 20) -> np.
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 100) -> Path:
+def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 100,
+                  x: np.ndarray | None = None) -> Path:
     """A store whose preprocess stage ran on n tiny images and whose extract stage holds
-    structured synthetic features (row = id), committed as the extract stage does."""
+    structured synthetic features (row = id; or `x`), committed as the extract stage
+    does."""
     from workflow.formats.features import write_feature_shard
     from workflow.stages.extract import STAGE
     from workflow.stages.preprocess import PreprocessConfig, run
@@ -135,7 +137,7 @@ def feature_store(tmp_path: Path, n: int = 300, d: int = 32, shard_size: int = 1
     store = Store(store_path)
     parent = store.run_info()["stages"]["preprocess"]["fingerprint"]
     fp = store.freeze_stage(STAGE, {"model": "synthetic", "dim": d}, parent)
-    x = structured_vectors(n, d).astype(np.float16)
+    x = (structured_vectors(n, d) if x is None else x).astype(np.float16)
     work = tmp_path / "feature-shards"
     work.mkdir()
     for unit, m in sorted(store.markers("preprocess").items()):
@@ -175,10 +177,11 @@ def grow_feature_store(tmp_path: Path, n: int, new: int, d: int = 32,
                          {"n": len(ids), "dim": d})
 
 
-def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 200) -> Path:
+def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 200,
+                  x: np.ndarray | None = None) -> Path:
     """`feature_store` carried through the train, add and prefilter stages."""
     from workflow.stages import add, prefilter, train
-    store = feature_store(tmp_path, n=n, d=d, shard_size=shard_size)
+    store = feature_store(tmp_path, n=n, d=d, shard_size=shard_size, x=x)
     train.run(train.TrainConfig(store=str(store), progress=False))
     add.run(add.AddConfig(store=str(store), progress=False))
     prefilter.run(prefilter.PrefilterConfig(store=str(store), progress=False))

@@ -16,6 +16,7 @@ from workflow import cli, pipeline
 from workflow.options import EXIT_OK, EXIT_RESUMABLE, config_from, dest_of, flag_of
 from workflow.pipeline import all_parser, run_all, stage_configs
 from workflow.stages.add import AddConfig
+from workflow.stages.duplicates import DuplicatesConfig
 from workflow.stages.evaluate import EvaluateConfig
 from workflow.stages.extract import ExtractConfig
 from workflow.stages.prefilter import PrefilterConfig
@@ -26,7 +27,7 @@ from conftest import ROOT
 
 STAGE_CONFIGS = {"preprocess": PreprocessConfig, "extract": ExtractConfig,
                  "train": TrainConfig, "add": AddConfig, "prefilter": PrefilterConfig,
-                 "evaluate": EvaluateConfig}
+                 "evaluate": EvaluateConfig, "duplicates": DuplicatesConfig}
 
 
 def _options(cls) -> list[dataclasses.Field]:
@@ -53,6 +54,7 @@ def test_a_parser_offers_every_option_of_its_config_with_the_config_default(stag
     ("add", ["--workers", "0"], "--workers must be at least 1"),
     ("prefilter", ["--trees", "0"], "--trees must be >= 1"),
     ("evaluate", ["--target-recall", "1.5"], "--target-recall must be in (0, 1]"),
+    ("duplicates", ["--threshold", "0.9", "--slack", "0.95"], "--slack must be in [0, "),
     ("train", ["--max-minutes", "-1"], "--max-minutes must be positive"),
 ])
 def test_a_bad_value_is_refused_naming_its_flag(stage, args, message):
@@ -75,6 +77,7 @@ def test_run_all_builds_one_config_per_stage_from_one_command_line():
     assert c["train"].seed == 3 and c["prefilter"].seed == 5 and c["evaluate"].seed == 0
     assert c["train"].memory_budget == c["add"].memory_budget == 2 << 30
     assert c["add"].executor == "local" and c["evaluate"].queries == 7
+    assert c["duplicates"].threshold == 0.9 and c["duplicates"].k == 10
     spark = stage_configs(all_parser().parse_args(["--executor", "spark"]), weights="none")
     assert spark["add"].executor == spark["extract"].executor == "spark"
     assert spark["extract"].weights == "none"

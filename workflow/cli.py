@@ -68,6 +68,16 @@ STAGE_COMMANDS = {
         "exact top 100 is computed once, block by block, and kept in the store. Writes "
         "evaluation/report.md, report.json and recall_vs_qps.png; with a folder-per-class "
         "corpus also precision@k by class.")),
+    "duplicates": ("08_duplicates.py", (
+        "Stage 8: near-duplicate groups over the whole corpus. Each image's --k nearest "
+        "others are found through the index and re-scored exactly (one unit per feature "
+        "shard: kill it and run it again, it resumes); images at --threshold or more are "
+        "linked, and every member of a group must reach its representative (the largest "
+        "original resolution, then the largest file, then the lowest id) at --threshold "
+        "minus --slack, so that chains of small steps do not merge unrelated images. "
+        "Writes duplicates/groups.json, groups.csv and remove-list.txt (for `python -m "
+        "workflow remove --from-file`). A new --threshold regroups without searching "
+        "again.")),
 }
 
 
@@ -121,6 +131,9 @@ def search_parser() -> argparse.ArgumentParser:
                    help="Annoy nodes inspected (-1: Annoy's default)")
     g.add_argument("--exclude-self", action="store_true",
                    help="leave an id query's own id out of its results")
+    g.add_argument("--collapse-duplicates", action="store_true",
+                   help="at most one image of each near-duplicate group (the best scoring; "
+                        "needs scripts/08_duplicates.py)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help='one JSON object per query per line: {"query": ..., "results": '
@@ -151,8 +164,8 @@ def run_search(a: argparse.Namespace) -> int:
         raise WorkflowError("nothing to search for: give --query IMAGE, --id N or --vectors")
     searcher = Searcher(a.store, a.scratch)
     results = searcher.search(queries, k=a.k, mode=a.mode, exclude_self=a.exclude_self,
-                              nprobe=a.nprobe, rerank=a.rerank, annoy=a.annoy,
-                              search_k=a.search_k)
+                              collapse_duplicates=a.collapse_duplicates, nprobe=a.nprobe,
+                              rerank=a.rerank, annoy=a.annoy, search_k=a.search_k)
     for r in results:
         if a.json:
             print(json.dumps(r.to_json(), ensure_ascii=False))

@@ -22,6 +22,7 @@ EVALUATE_OPTIONS = ("queries", "query_dir", "target_recall")
 
 
 def all_parser() -> argparse.ArgumentParser:
+    from .stages.duplicates import DuplicatesConfig
     from .stages.evaluate import EvaluateConfig
     from .stages.extract import ExtractConfig
     from .stages.prefilter import PrefilterConfig
@@ -43,6 +44,7 @@ def all_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, skip=_run_control())
     add_options(p, PrefilterConfig, skip=_run_control())
     add_options(p, EvaluateConfig, only=EVALUATE_OPTIONS)
+    add_options(p, DuplicatesConfig, only=("threshold", "slack"))
     g = p.add_argument_group("demo corpus")
     g.add_argument("--demo", action="store_true",
                    help="make (once) and use the demo corpus of real photos shipped with "
@@ -65,7 +67,7 @@ def stage_configs(a: argparse.Namespace, weights: str | None = None) -> dict:
     """One config per stage from the command line of `run_all`: run control and
     spark_master shared; extract decodes with one worker less than preprocess (the model
     takes a core) and its default executor; add builds its parts here, or on Spark."""
-    from .stages import add, evaluate, extract, prefilter, preprocess, train
+    from .stages import add, duplicates, evaluate, extract, prefilter, preprocess, train
     spark = a.executor == "spark"
     return {
         "preprocess": config_from(preprocess.PreprocessConfig, a),
@@ -78,6 +80,7 @@ def stage_configs(a: argparse.Namespace, weights: str | None = None) -> dict:
                            executor="spark" if spark else "local"),
         "prefilter": config_from(prefilter.PrefilterConfig, a),
         "evaluate": config_from(evaluate.EvaluateConfig, a),
+        "duplicates": config_from(duplicates.DuplicatesConfig, a),
     }
 
 
@@ -85,7 +88,7 @@ def run_all(a: argparse.Namespace) -> int:
     """Every stage in order, under one deadline (--max-minutes): each stage is given the
     minutes left; the job stops (EXIT_RESUMABLE) at the first stage that stops early."""
     from .report.gallery import commit_results_page
-    from .stages import add, evaluate, prefilter, preprocess, train
+    from .stages import add, duplicates, evaluate, prefilter, preprocess, train
     from .stages.status import status_report
     from .storage.store import Store
     if a.demo:
@@ -94,7 +97,7 @@ def run_all(a: argparse.Namespace) -> int:
         a.source = demo_sources(a.demo_dir, a.demo_n)
     cfgs = stage_configs(a)
     modules = {"preprocess": preprocess, "train": train, "add": add, "prefilter": prefilter,
-               "evaluate": evaluate}
+               "evaluate": evaluate, "duplicates": duplicates}
     # a value that is not positive is left to the stages, which refuse it
     deadline = time.monotonic() + a.max_minutes * 60 if (a.max_minutes or 0) > 0 else None
     code = EXIT_OK

@@ -143,7 +143,10 @@ def test_removals_and_a_stale_evaluation(tmp_path):
     evaluate(EvaluateConfig(store=str(store), queries=40, latency_queries=5, progress=False))
     lines = _report(store)
     assert _line(lines, "evaluate").startswith("complete: 40 queries; tuned recall@10")
-    assert lines[-1] == f"next: python -m workflow search --store {store} --query IMAGE"
+    assert lines[-1] == (f"next: python -m workflow search --store {store} --query IMAGE (or "
+                         f"find the near-duplicates: python scripts/08_duplicates.py --store "
+                         f"{store})")
+    assert _line(lines, "duplicates") == "not started"
     remove(Store(store), Selection(ids=(1, 2)))
     lines = _report(store)
     assert lines[1] == "corpus: version 1, 300 images planned; 2 removed; 0 missing"

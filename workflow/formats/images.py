@@ -20,7 +20,7 @@ import numpy as np
 
 from ..inputs.imaging import ImageResult, Status
 from ..storage.store import Store
-from .layout import REPORT_FILE
+from .layout import PREPROCESS, REPORT_FILE, shard_name
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -140,6 +140,37 @@ def read_item(store: Store, rel: str, offset: int) -> dict:
         return {"key": f["keys"].asstr()[offset], "orig_size": [w, h],
                 "status": Status(int(f["status"][offset])).label,
                 "reason": f["reason"].asstr()[offset]}
+
+
+def orig_sizes(store: Store, bounds: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Original (width, height) of each id [n, 2] (0 where its shard is not committed),
+    reading each image shard that holds some of them once."""
+    ids = np.asarray(ids, np.int64)
+    out = np.zeros((len(ids), 2), np.int64)
+    shards = np.searchsorted(bounds, ids, side="right") - 1
+    for s in np.unique(shards).tolist():
+        m = store.marker(PREPROCESS, shard_name(s))
+        if m is None:
+            continue
+        rows = np.flatnonzero(shards == s)
+        with store.fs.open(store.path(m.path), "rb") as fh, h5py.File(fh, "r") as f:
+            out[rows] = f["orig_size"][:][ids[rows] - int(bounds[s])]
+    return out
+
+
+def stored_jpegs(store: Store, bounds: np.ndarray, ids: list[int]) -> dict[int, bytes]:
+    """The stored JPEG of each id (sorted ids; none for an id whose shard is not
+    committed), reading each image shard that holds some of them once."""
+    out: dict[int, bytes] = {}
+    shards = np.searchsorted(bounds, np.asarray(ids, np.int64), side="right") - 1
+    for s in np.unique(shards).tolist():
+        m = store.marker(PREPROCESS, shard_name(s))
+        if m is None:
+            continue
+        members = [i for i, sh in zip(ids, shards.tolist()) if sh == s]
+        jpegs = read_stored_jpegs(store, m.path, [i - int(bounds[s]) for i in members])
+        out.update(zip(members, jpegs))
+    return out
 
 
 def write_report(path: Path, report: dict) -> None:

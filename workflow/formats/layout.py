@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-PREPROCESS, EXTRACT, TRAIN, ADD, PREFILTER, EVALUATE = (
-    "preprocess", "extract", "train", "add", "prefilter", "evaluate")
+PREPROCESS, EXTRACT, TRAIN, ADD, PREFILTER, EVALUATE, DUPLICATES = (
+    "preprocess", "extract", "train", "add", "prefilter", "evaluate", "duplicates")
 
 # preprocess
 IMAGES = "images"
@@ -37,6 +37,12 @@ REPORT_MD = f"{EVALUATION}/report.md"
 PLOT_FILE = f"{EVALUATION}/recall_vs_qps.png"
 DEFAULTS_FILE = f"{EVALUATION}/search_defaults.json"
 RESULTS_PAGE = f"{EVALUATION}/results.html"
+# duplicates
+DUP_DIR = "duplicates"
+DUP_KNN = f"{DUP_DIR}/knn"
+GROUPS_FILE = f"{DUP_DIR}/groups.json"
+GROUPS_CSV = f"{DUP_DIR}/groups.csv"
+REMOVE_LIST = f"{DUP_DIR}/remove-list.txt"
 # remove (a command, not a stage: the removal list is kept beside the stages' outputs)
 REMOVE = "remove"
 REMOVED = "removed"
@@ -55,6 +61,7 @@ STAGES = (
     StageInfo(ADD, (INDEX, PARTS)),
     StageInfo(PREFILTER, (PREFILTER_DIR,)),
     StageInfo(EVALUATE, (EVALUATION,)),
+    StageInfo(DUPLICATES, (DUP_DIR, DUP_KNN)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

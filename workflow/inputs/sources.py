@@ -62,6 +62,19 @@ class Entry(NamedTuple):
     size: int = -1
 
 
+def entry_size(source: Source, locator: str, size: int = -1) -> int:
+    """The size in bytes of a listed item: as listed (archive members), else asked of the
+    file system (-1 where the file cannot be reached any more)."""
+    if size >= 0 or source.kind not in ("folder", "list"):
+        return size
+    url = f"{source.url.rstrip('/')}/{locator}" if source.kind == "folder" else locator
+    try:
+        fs, path = _fs(url)
+        return int(fs.size(path))
+    except (OSError, ValueError, TypeError):
+        return -1
+
+
 def is_image_name(name: str) -> bool:
     base = posixpath.basename(name)
     return not base.startswith(".") and base.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS \

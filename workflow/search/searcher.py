@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, UnknownId, WorkflowError
 from ..formats.evaluation import read_search_defaults
-from ..formats.images import read_item, read_stored_jpegs
+from ..formats.images import read_item, stored_jpegs
 from ..formats.index import load_index, load_rerank, load_trained
 from ..formats.layout import PREPROCESS, shard_name
 from ..formats.plan import load_keys_and_bounds
@@ -37,6 +37,7 @@ from ..index.knn import EXACT_BLOCK, drop_ids, exact_search, rerank, rerank_stor
 from ..storage.mounts import read_ahead
 from ..storage.store import Store
 from .cache import QueryCache
+from .collapse import WIDEN, collapse, group_map
 from .modes import MODES, SearchParams, check_mode
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,11 @@ class Searcher:
         return int(self.removals()[1].sum())
 
     @cached_property
+    def duplicate_groups(self) -> np.ndarray:
+        """rep[id] of the near-duplicate groups (read once: restart to see new ones)."""
+        return group_map(self.store, len(self.xb))
+
+    @cached_property
     def pca(self) -> faiss.VectorTransform:
         return load_trained(self.store)[1]
 
@@ -252,17 +258,21 @@ class Searcher:
 
     # -- queries of every kind --------------------------------------------------------
     def search(self, queries: Sequence, k: int = 10, mode: str | None = None,
-               exclude_self: bool = False, **params) -> list[QueryResult]:
+               exclude_self: bool = False, collapse_duplicates: bool = False,
+               **params) -> list[QueryResult]:
         """Search for each query: an int (an id in the corpus), a path or bytes (an
         image, preprocessed as the corpus was) or a vector (a 1-d array, or a 2-d array
         whose rows are queries). Results of a query asked before with the same
-        parameters come from the cache, without touching the index."""
+        parameters come from the cache, without touching the index. With
+        `collapse_duplicates`, at most one image of each near-duplicate group."""
         mode = check_mode(mode or self.default_mode)
         p = self.params(mode, **params)
         if k < 1:
             raise ConfigError("k must be at least 1")
+        groups = self.duplicate_groups if collapse_duplicates else None
         qs = self._parse(queries)
-        tag = json.dumps([mode, k, exclude_self, p.for_mode(mode), self.removals()[0]])
+        tag = json.dumps([mode, k, exclude_self, p.for_mode(mode), self.removals()[0],
+                          collapse_duplicates])
         out: list[QueryResult | None] = [None] * len(qs)
         todo = []
         for i, q in enumerate(qs):
@@ -276,7 +286,10 @@ class Searcher:
             xq = self._vectors([qs[i] for i in todo])
             excl = np.array([qs[i].id if qs[i].id is not None else -1 for i in todo]) \
                 if exclude_self else None
-            D, I = self.search_vectors(xq, k, mode, p, excl)
+            if groups is None:
+                D, I = self.search_vectors(xq, k, mode, p, excl)
+            else:
+                D, I = collapse(*self.search_vectors(xq, k * WIDEN, mode, p, excl), groups, k)
             for row, i in enumerate(todo):
                 n = int((I[row] >= 0).sum())
                 ids = I[row, :n].tolist()
@@ -365,21 +378,10 @@ class Searcher:
 
     # -- thumbnails --------------------------------------------------------------------
     def thumbnails(self, ids: Sequence[int]) -> dict[int, bytes]:
-        """The stored (preprocessed) JPEG of each id, read from the image shards."""
-        bounds = self.plan_info[1]
-        by_shard: dict[int, list[int]] = {}
+        """The stored (preprocessed) JPEG of each id not removed, from the image shards."""
         _, removed = self.removals()
-        for i in {int(i) for i in ids if i >= 0 and not (i < len(removed) and removed[i])}:
-            by_shard.setdefault(int(np.searchsorted(bounds, i, side="right")) - 1, []).append(i)
-        out = {}
-        for s, members in sorted(by_shard.items()):
-            m = self.store.marker(PREPROCESS, shard_name(s))
-            if m is None:
-                continue
-            members = sorted(members)
-            jpegs = read_stored_jpegs(self.store, m.path, [i - int(bounds[s]) for i in members])
-            out.update(zip(members, jpegs))
-        return out
+        wanted = {int(i) for i in ids if i >= 0 and not (i < len(removed) and removed[i])}
+        return stored_jpegs(self.store, self.plan_info[1], sorted(wanted))
 
 
 def _read_query_file(path) -> bytes:

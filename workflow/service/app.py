@@ -84,7 +84,7 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
     async def search(request: Request):
         """Search for an uploaded image (multipart, field `image`), or `{"ids": [...]}`
         or `{"vectors": [[...]]}`; options k, mode, nprobe, rerank, annoy, search_k,
-        exclude_self as query parameters or JSON fields."""
+        exclude_self, collapse_duplicates as query parameters or JSON fields."""
         queries, opts = await parse_query(request, limits, searcher.d)
         t = time.perf_counter()
         if any(isinstance(q, bytes) for q in queries):  # an upload: its own model call

@@ -13,6 +13,7 @@ from ..search.modes import MODES
 from .limits import UploadTooLarge
 
 INT_OPTIONS = ("k", "nprobe", "rerank", "annoy", "search_k")
+FLAGS = ("exclude_self", "collapse_duplicates")
 
 
 async def parse_query(request: Request, limits, d: int) -> tuple[list, dict]:
@@ -73,8 +74,8 @@ async def _json_body(request: Request, d: int) -> tuple[list, dict]:
 
 def options(params: dict, limits) -> dict:
     """The search options, checked: k, mode, nprobe, rerank, annoy, search_k,
-    exclude_self."""
-    unknown = set(params) - {*INT_OPTIONS, "mode", "exclude_self"}
+    exclude_self, collapse_duplicates."""
+    unknown = set(params) - {*INT_OPTIONS, "mode", *FLAGS}
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     out: dict = {}
@@ -89,10 +90,11 @@ def options(params: dict, limits) -> dict:
     if "mode" in params and params["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}")
     out["mode"] = params.get("mode")
-    flag = params.get("exclude_self", False)
-    if isinstance(flag, str):
-        if flag.lower() not in ("true", "false", "1", "0", ""):
-            raise ConfigError("exclude_self must be true or false")
-        flag = flag.lower() in ("true", "1")
-    out["exclude_self"] = bool(flag)
+    for name in FLAGS:
+        flag = params.get(name, False)
+        if isinstance(flag, str):
+            if flag.lower() not in ("true", "false", "1", "0", ""):
+                raise ConfigError(f"{name} must be true or false")
+            flag = flag.lower() in ("true", "1")
+        out[name] = bool(flag)
     return out

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from ..formats.evaluation import LEGACY_CORPUS, corpus_id
 from ..formats.layout import (
     ADD,
+    DUPLICATES,
     EVALUATE,
     EXTRACT,
     PREFILTER,
@@ -37,8 +38,10 @@ from .base import reset_stage  # noqa: F401 - `reset` is offered beside `status`
 BURST_GAP = 30 * 60     # s between two commits that ends a burst of work
 LEASE_STALE = 300.0     # s without a heartbeat after which a lease is taken over
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+OPTIONAL = (DUPLICATES,)  # not needed to search: "next" names it once it was started
 SCRIPTS = {PREPROCESS: "01_preprocess.py", EXTRACT: "02_extract.py", TRAIN: "03_train.py",
-           ADD: "04_add.py", PREFILTER: "05_prefilter.py", EVALUATE: "07_evaluate.py"}
+           ADD: "04_add.py", PREFILTER: "05_prefilter.py", EVALUATE: "07_evaluate.py",
+           DUPLICATES: "08_duplicates.py"}
 
 
 class Line(NamedTuple):
@@ -290,8 +293,25 @@ def _evaluate_status(v: View) -> Line:
     return _progress(v, EVALUATE, Line(state, out, False))
 
 
+def _duplicates_status(v: View) -> Line:
+    markers = v.markers[DUPLICATES]
+    shards = sum(1 for u in v.markers[EXTRACT] if is_shard(u))
+    done = sum(1 for u in markers if is_shard(u))
+    m = markers.get("groups")
+    if done < shards or m is None:
+        line = Line("in progress", [f"neighbours of {done}/{shards} shards"], False)
+        return _progress(v, DUPLICATES, line)
+    parts = [f"{m.extra['groups']:,} groups holding {m.extra['images']:,} images at "
+             f"threshold {m.extra['threshold']:g}"]
+    if m.extra.get("corpus") != v.corpus_id:
+        return Line("complete for an earlier corpus or removal list (re-run duplicates)",
+                    parts, False)
+    return _progress(v, DUPLICATES, Line("complete", parts, True))
+
+
 STATUS = {PREPROCESS: _preprocess_status, EXTRACT: _extract_status, TRAIN: _train_status,
-          ADD: _add_status, PREFILTER: _prefilter_status, EVALUATE: _evaluate_status}
+          ADD: _add_status, PREFILTER: _prefilter_status, EVALUATE: _evaluate_status,
+          DUPLICATES: _duplicates_status}
 
 
 # ------------------------------------------------------------------ the report
@@ -331,12 +351,16 @@ def next_command(v: View, lines: dict[str, Line], leases: dict[str, dict]) -> st
     if live:
         return (f"wait: the {live[0]} stage is running (see the lease above); then "
                 f"python -m workflow status --store {shlex.quote(v.store.url)}")
-    stage = next((s for s in STAGE_NAMES if not lines[s].done), None)
+    stage = next((s for s in STAGE_NAMES if not lines[s].done and not (
+        s in OPTIONAL and s not in v.frozen)), None)
     if stage is None:
         out = f"python -m workflow search --store {shlex.quote(v.store.url)} --query IMAGE"
         if lines[TRAIN].args == "--retrain":
             out += (f" (or first, as the fit check advises: python scripts/{SCRIPTS[TRAIN]} "
                     f"--store {shlex.quote(v.store.url)} --retrain)")
+        elif DUPLICATES not in v.frozen:
+            out += (f" (or find the near-duplicates: python scripts/{SCRIPTS[DUPLICATES]} "
+                    f"--store {shlex.quote(v.store.url)})")
         return out
     return " ".join(["python", f"scripts/{SCRIPTS[stage]}", "--store",
                      shlex.quote(v.store.url)] + ([lines[stage].args] if lines[stage].args

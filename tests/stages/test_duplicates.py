@@ -1,0 +1,153 @@
+"""The duplicates stage on a small indexed store with planted near-duplicates: the groups
+found, the outputs, a cheap regroup at another threshold, removed images left out, and
+kill -9 at random moments giving the bytes of an uninterrupted run."""
+import csv
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from workflow.formats.layout import GROUPS_CSV, GROUPS_FILE, REMOVE_LIST
+from workflow.stages import duplicates
+from workflow.stages.remove import Selection, remove
+from workflow.stages.status import stage_status
+from workflow.storage.store import Store
+
+from conftest import ROOT, indexed_store, kill_repeatedly, leftovers, structured_vectors
+
+N, D = 600, 32
+CHAIN = list(range(300, 308))  # 10 degrees apart: neighbours link, the ends do not
+
+
+def planted() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    x = structured_vectors(N, D)
+    for i in (250, 480):  # near-copies of 10
+        v = x[10] + 0.02 * rng.normal(size=D)
+        x[i] = v / np.linalg.norm(v)
+    x[21] = x[20]  # the same picture twice
+    u, w = np.linalg.qr(rng.normal(size=(D, 2)))[0].T
+    for step, i in enumerate(CHAIN):
+        t = np.radians(10 * step)
+        x[i] = np.cos(t) * u + np.sin(t) * w
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dups")
+    return indexed_store(tmp, n=N, d=D, shard_size=100, x=planted())
+
+
+def _run(store, **kw):
+    return duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False,
+                                                      threshold=0.97, slack=0.02, **kw))
+
+
+def _groups(store):
+    return json.loads((store / GROUPS_FILE).read_text())
+
+
+def test_planted_groups_are_found_and_chains_are_cut(built, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    res = _run(store)
+    assert res.complete and "duplicates complete" in res.summary()
+    out = _groups(store)
+    assert out["threshold"] == 0.97 and out["slack"] == 0.02 and out["k"] == 10
+    sets = {frozenset(g["ids"]) for g in out["groups"]}
+    assert frozenset({10, 250, 480}) in sets and frozenset({20, 21}) in sets
+    for g in out["groups"]:
+        assert g["ids"][0] == g["representative"] and g["scores"][0] == 1.0
+        assert all(s >= 0.95 for s in g["scores"]) and g["reason"]
+        assert g["keys"] == [f"class{i % 5}/img{i:04d}.jpg" for i in g["ids"]] or g["keys"]
+        chain = sorted(set(g["ids"]) & set(CHAIN))
+        assert not chain or chain[-1] - chain[0] <= 2  # one step each side at most
+    assert sum(len(set(g["ids"]) & set(CHAIN)) for g in out["groups"]) >= 6
+    sizes = [len(g["ids"]) for g in out["groups"]]
+    assert sizes == sorted(sizes, reverse=True)
+    rows = list(csv.DictReader((store / GROUPS_CSV).open()))
+    assert len(rows) == sum(sizes) and {r["group"] for r in rows} == {
+        str(i) for i in range(len(sizes))}
+    keys = (store / REMOVE_LIST).read_text().splitlines()
+    assert len(keys) == sum(sizes) - len(sizes)
+    reps = {g["keys"][0] for g in out["groups"]}
+    assert not reps & set(keys)
+    assert stage_status(Store(store), "duplicates").startswith("complete")
+
+
+def test_a_new_threshold_regroups_without_searching_again(built, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    _run(store)
+    knn = {p: p.stat().st_mtime_ns for p in (store / "duplicates" / "knn").iterdir()}
+    groups = (store / GROUPS_FILE).stat().st_mtime_ns
+    _run(store)  # the same settings: nothing to do
+    assert (store / GROUPS_FILE).stat().st_mtime_ns == groups
+    res = duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False,
+                                                     threshold=0.999, slack=0.0))
+    assert {p: p.stat().st_mtime_ns for p in knn} == knn
+    assert [set(g["ids"]) for g in _groups(store)["groups"]] == [{20, 21}]
+    assert res.groups == 1
+
+
+def test_removed_images_are_left_out(built, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    _run(store)
+    remove(Store(store), Selection(ids=(250, 21)))
+    assert "re-run duplicates" in stage_status(Store(store), "duplicates")
+    _run(store)
+    sets = {frozenset(g["ids"]) for g in _groups(store)["groups"]}
+    assert frozenset({10, 480}) in sets and not any({250, 21} & s for s in sets)
+
+
+def test_bad_settings_name_the_flag(built):
+    from workflow.errors import ConfigError
+    with pytest.raises(ConfigError, match="--rerank must be at least --k"):
+        duplicates.DuplicatesConfig(store=str(built), k=20, rerank=10).validate()
+
+
+def test_sigkill_at_random_moments_gives_the_bytes_of_an_uninterrupted_run(built, tmp_path):
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    shutil.copytree(built, ref)
+    shutil.copytree(built, crashed)
+    _run(ref)
+    cmd = [sys.executable, "-m", "workflow", "duplicates", "--store", str(crashed),
+           "--threshold", "0.97", "--slack", "0.02", "--no-progress"]
+    done = crashed / "_done" / "duplicates"
+    kills = kill_repeatedly(cmd, lambda: len(list(done.glob("*.json"))) if done.exists()
+                            else 0, seed=3)
+    assert kills >= 1
+    files = sorted(p.relative_to(ref) for p in (ref / "duplicates").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(crashed) for p in (crashed / "duplicates").rglob("*")
+                           if p.is_file())
+    for rel in files:
+        assert (ref / rel).read_bytes() == (crashed / rel).read_bytes(), rel
+    assert leftovers(crashed) == []
+
+
+def test_search_collapses_each_group_to_its_best_image(built, tmp_path):
+    import subprocess
+
+    from workflow.errors import ConfigError
+    from workflow.search.searcher import Searcher
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    with pytest.raises(ConfigError, match="run scripts/08_duplicates.py first"):
+        Searcher(store).search([10], k=5, mode="exact", collapse_duplicates=True)
+    _run(store)
+    s = Searcher(store)
+    plain = s.search([10], k=5, mode="exact")[0]
+    assert {10, 250, 480} <= set(plain.ids)
+    one = s.search([10], k=5, mode="exact", collapse_duplicates=True)[0]
+    rep = s.duplicate_groups
+    assert one.ids[0] == 10 and not {250, 480} & set(one.ids) and len(one.ids) == 5
+    assert len({int(rep[i]) for i in one.ids}) == 5  # one image per group
+    out = subprocess.run([sys.executable, "scripts/06_search.py", "--store", str(store),
+                          "--id", "10", "--k", "5", "--mode", "exact", "--json",
+                          "--collapse-duplicates"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert [r["id"] for r in json.loads(out)["results"]] == one.ids

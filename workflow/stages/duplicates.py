@@ -1,0 +1,227 @@
+"""Stage 8, duplicates: near-duplicate groups over the whole corpus.
+
+1. For every image with a feature, its `--k` nearest other images through the index
+   (IVF-PQ candidates, `--nprobe` lists, `--rerank` of them re-scored exactly from the
+   re-rank store): one unit per feature shard, `duplicates/knn/shard-NNNNN.npz`, so a
+   killed run resumes at the first shard not done, and an update of the corpus adds
+   units for its new shards only (their neighbours reach the older images, and a link
+   needs only one side).
+2. Grouping (`index.grouping`): links at or above `--threshold`, components, then every
+   member must reach its group's representative at `--threshold - --slack` (no chains).
+   The exact byte duplicates preprocess found are grouped too, with their original.
+   Removed images are left out. Cheap next to step 1: a different threshold regroups
+   without searching again.
+3. `duplicates/groups.csv`, `remove-list.txt`, then `groups.json` last (`formats.
+   duplicates`); its marker records what it was computed for, so a re-run with the same
+   settings on the same corpus does nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DeadlineReached
+from ..formats.duplicates import groups_csv, groups_json, knn_file, load_knn, remove_list, write_knn
+from ..formats.evaluation import corpus_id
+from ..formats.features import feature_markers, fetch_features
+from ..formats.images import orig_sizes
+from ..formats.layout import ADD, DUPLICATES, GROUPS_CSV, GROUPS_FILE, REMOVE_LIST, REPORT_FILE
+from ..formats.plan import corpus_version, load_plan, planned_count
+from ..formats.removed import load_removed, removal_version
+from ..index.grouping import group, links, representative_order
+from ..inputs.sources import entry_size
+from ..options import opt
+from ..search.modes import SearchParams
+from ..search.searcher import Searcher
+from .base import StageConfig, StageRun
+
+logger = logging.getLogger(__name__)
+
+STAGE = DUPLICATES
+GROUP = "duplicates"
+MODE = "ivfpq+rerank"
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig(StageConfig):
+    """Settings of the duplicates stage; see `scripts/08_duplicates.py --help`."""
+    threshold: float = opt(0.90, "cosine similarity at or above which two images are "
+                           "near-duplicates", type=float, group=GROUP)
+    slack: float = opt(0.05, "every member of a group must reach its representative at "
+                       "threshold - slack (stops chains of small steps)", type=float,
+                       group=GROUP)
+    k: int = opt(10, "nearest images looked at for each image", type=int, group=GROUP)
+    nprobe: int = opt(16, "inverted lists scanned for each image", type=int, group=GROUP)
+    rerank: int = opt(50, "IVF-PQ candidates re-scored exactly for each image", type=int,
+                      group=GROUP)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        r = self.require
+        return super().checks() + [
+            r("threshold", 0 < self.threshold <= 1, "must be in (0, 1]"),
+            r("slack", 0 <= self.slack < self.threshold, "must be in [0, threshold)"),
+            r("k", 1 <= self.k <= 1000, "must be 1..1000"),
+            r("nprobe", self.nprobe >= 1, "must be at least 1"),
+            r("rerank", self.rerank >= self.k, "must be at least --k"),
+        ]
+
+
+CONFIG = DuplicatesConfig  # the stage's settings; the command line is built from its fields
+
+
+@dataclass
+class DuplicatesResult:
+    complete: bool
+    shards_done: int
+    shards: int
+    groups: int = 0
+    grouped: int = 0
+    seconds: float = 0.0
+    store: str = ""
+
+    def summary(self) -> str:
+        if not self.complete:
+            return (f"duplicates stopped early: {self.shards_done}/{self.shards} shards "
+                    f"searched (re-run to resume); {self.seconds:.1f} s. Store: {self.store}")
+        return (f"duplicates complete: {self.groups:,} groups holding {self.grouped:,} "
+                f"images; {self.seconds:.1f} s.\nGroups: {self.store.rstrip('/')}/"
+                f"{GROUPS_FILE} (and {GROUPS_CSV}, {REMOVE_LIST})")
+
+
+def run(cfg: DuplicatesConfig) -> DuplicatesResult:
+    """Search the neighbours of every shard not done yet, then group (again where the
+    settings or the corpus changed)."""
+    with StageRun(STAGE, cfg) as run:
+        feats = feature_markers(run.store)
+        fp = run.freeze({"k": cfg.k, "nprobe": cfg.nprobe, "rerank": cfg.rerank, "mode": MODE},
+                        run.frozen_fingerprint(ADD))
+        searcher = Searcher(run.store, cache_size=0)
+        done = run.store.markers(STAGE)
+        pending = [u for u in feats if u not in done]
+        try:
+            _search_all(run, searcher, {u: feats[u] for u in pending}, fp, len(feats))
+        except DeadlineReached:
+            run.stopped_early()
+            left = [u for u in feats if run.store.marker(STAGE, u) is None]
+            return DuplicatesResult(False, len(feats) - len(left), len(feats),
+                                    seconds=run.seconds, store=run.store.url)
+        n_groups, grouped = _group_all(run, searcher, list(feats), fp)
+    return DuplicatesResult(True, len(feats), len(feats), n_groups, grouped, run.seconds,
+                            run.store.url)
+
+
+def _search_all(run: StageRun, searcher: Searcher, feats: dict, fp: str, total: int) -> None:
+    cfg = run.cfg
+    params = SearchParams(nprobe=cfg.nprobe, rerank=cfg.rerank)
+    n = sum(m.extra["n"] for m in feats.values())
+    last = 0.0
+    with tqdm(total=n, unit="img", desc="duplicates: neighbours", mininterval=1.0,
+              disable=not cfg.progress, dynamic_ncols=True) as bar:
+        for unit, m in feats.items():
+            run.check_deadline(last)
+            t = time.monotonic()
+            ids, x = fetch_features(run.store, m, run.work)
+            x = x.astype(np.float32)
+            keep = np.flatnonzero(np.any(x != 0, axis=1))  # images without a feature: none
+            ids, x = ids[keep], x[keep]
+            if len(ids):
+                D, I = searcher.search_vectors(x, cfg.k, MODE, params, exclude=ids)
+            else:
+                D, I = np.zeros((0, cfg.k), np.float32), np.zeros((0, cfg.k), np.int64)
+            path = run.work / f"{unit}.npz"
+            write_knn(path, ids, I, np.where(I >= 0, D, -1.0))
+            run.lease.check()
+            run.store.commit(path, knn_file(unit), STAGE, unit, fp, {"n": int(len(ids))})
+            path.unlink()
+            last = time.monotonic() - t
+            bar.update(m.extra["n"])
+    logger.debug("searched %d of %d shards", len(feats), total)
+
+
+def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> tuple[int, int]:
+    """Group from the committed neighbours, unless groups.json is already for these
+    settings and this corpus. Returns (groups, images grouped)."""
+    cfg, store = run.cfg, run.store
+    corpus = corpus_id(corpus_version(store), removal_version(store))
+    settings = {"threshold": cfg.threshold, "slack": cfg.slack, "k": cfg.k,
+                "corpus": corpus, "shards": len(units)}
+    m = store.marker(STAGE, "groups")
+    if m is not None and all(m.extra.get(k) == v for k, v in settings.items()):
+        return m.extra["groups"], m.extra["images"]
+    t = time.monotonic()
+    ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
+        load_knn(store, store.marker(STAGE, u)) for u in units)))
+    _, removed = load_removed(store)
+    a, b = links(ids, nbrs, sims, cfg.threshold, drop=removed)
+    alias, (ea, eb) = _exact_duplicates(store, removed)
+    a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
+    plan = load_plan(store, store.scratch / STAGE / "plan.h5")
+    linked = np.unique(np.concatenate([a, b]))
+    pixels, sizes = _pixels(store, plan, linked), _file_sizes(plan, linked)
+    xb = searcher.xb
+    reasons: dict[int, str] = {}
+
+    def pick(group_ids: np.ndarray) -> int:
+        rep, why = representative_order(np.array([pixels[int(i)] for i in group_ids]),
+                                        np.array([sizes[int(i)] for i in group_ids]),
+                                        group_ids)
+        reasons[rep] = why
+        return rep
+
+    def similarity(rep: int, group_ids: np.ndarray) -> np.ndarray:
+        rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
+        return np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
+
+    found = group(a, b, pick, similarity, cfg.threshold, cfg.slack)
+    groups = [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
+               "keys": [plan.keys[i] for i in members.tolist()],
+               "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
+    logger.info("duplicates: %d links, %d groups in %.1f s", len(a), len(groups),
+                time.monotonic() - t)
+    grouped = sum(len(g["ids"]) for g in groups)
+    for rel, unit, data in ((GROUPS_CSV, "csv", groups_csv(groups)),
+                            (REMOVE_LIST, "remove-list", remove_list(groups)),
+                            (GROUPS_FILE, "groups", groups_json(groups, settings))):
+        path = run.work / rel.rsplit("/", 1)[1]
+        path.write_bytes(data)
+        run.lease.check()
+        extra = {**settings, "groups": len(groups), "images": grouped} if unit == "groups" \
+            else {"corpus": corpus}
+        store.commit(path, rel, STAGE, unit, fp, extra)
+        path.unlink()
+    return len(groups), grouped
+
+
+def _exact_duplicates(store, removed: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(alias[id]: the id whose feature stands for it (its original, for an exact
+    duplicate preprocess found), links from each exact duplicate to its original)."""
+    report = store.read_json(REPORT_FILE) or {}
+    groups = report.get("duplicates", {}).get("groups", [])
+    alias = np.arange(planned_count(store), dtype=np.int64)
+    a, b = [], []
+    gone = set(removed.tolist())
+    for g in groups:
+        first, *rest = (int(i) for i in g)
+        for i in rest:
+            alias[i] = first
+            if first not in gone and i not in gone:
+                a.append(first)
+                b.append(i)
+    return alias, (np.array(a, np.int64), np.array(b, np.int64))
+
+
+def _pixels(store, plan, ids: np.ndarray) -> dict[int, int]:
+    """Original width x height of each id."""
+    return {int(i): int(w) * int(h) for i, (w, h) in zip(ids.tolist(),
+                                                         orig_sizes(store, plan.bounds, ids))}
+
+
+def _file_sizes(plan, ids: np.ndarray) -> dict[int, int]:
+    """Size in bytes of each id's source file (-1 where it cannot be reached)."""
+    f = plan.first_id
+    return {i: entry_size(plan.sources[int(plan.source_idx[i - f])], plan.locators[i - f],
+                          int(plan.sizes[i - f])) for i in ids.tolist()}
