@@ -77,7 +77,7 @@ def test_run_all_builds_one_config_per_stage_from_one_command_line():
     assert c["train"].seed == 3 and c["prefilter"].seed == 5 and c["evaluate"].seed == 0
     assert c["train"].memory_budget == c["add"].memory_budget == 2 << 30
     assert c["add"].executor == "local" and c["evaluate"].queries == 7
-    assert c["duplicates"].threshold == 0.9 and c["duplicates"].k == 10
+    assert c["duplicates"].threshold is None and c["duplicates"].k == 10
     spark = stage_configs(all_parser().parse_args(["--executor", "spark"]), weights="none")
     assert spark["add"].executor == spark["extract"].executor == "spark"
     assert spark["extract"].weights == "none"

@@ -57,6 +57,7 @@ def test_planted_groups_are_found_and_chains_are_cut(built, tmp_path):
     assert res.complete and "duplicates complete" in res.summary()
     out = _groups(store)
     assert out["threshold"] == 0.97 and out["slack"] == 0.02 and out["k"] == 10
+    assert out["threshold_from"] == "given" and out["corpus"] == "1.0"
     sets = {frozenset(g["ids"]) for g in out["groups"]}
     assert frozenset({10, 250, 480}) in sets and frozenset({20, 21}) in sets
     for g in out["groups"]:
@@ -151,3 +152,36 @@ def test_search_collapses_each_group_to_its_best_image(built, tmp_path):
                           "--collapse-duplicates"], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert [r["id"] for r in json.loads(out)["results"]] == one.ids
+
+
+def test_the_calibrated_threshold_lets_90_percent_of_edits_through():
+    from workflow.stages.calibration import _choose
+    rng = np.random.default_rng(0)
+    kinds = np.array(["jpeg", "crop"] * 500)
+    sims = np.where(kinds == "jpeg", rng.uniform(0.93, 0.99, 1000),
+                    rng.uniform(0.80, 0.95, 1000)).astype(np.float32)
+    got = _choose(sims, kinds, rng.uniform(0.1, 0.7, 4950), 100)
+    assert got["calibrated"] and got["separable"] and got["sample"] == 100
+    assert got["threshold"] == np.floor(np.quantile(sims, 0.1) * 100) / 100
+    assert (sims >= got["threshold"]).mean() >= 0.9
+    assert got["by_kind"]["crop"]["median"] < got["by_kind"]["jpeg"]["median"]
+
+
+def test_a_model_that_cannot_tell_pictures_apart_gets_a_strict_threshold(caplog):
+    from workflow.stages.calibration import _choose
+    rng = np.random.default_rng(0)
+    sims = rng.uniform(0.990, 1.0, 600).astype(np.float32)
+    unrelated = rng.uniform(0.95, 0.9995, 4950)  # random weights: everything is close
+    got = _choose(sims, np.array(["jpeg"] * 600), unrelated, 100)
+    assert not got["separable"] and got["threshold"] >= np.quantile(unrelated, 0.99)
+    assert "cannot tell near-copies apart" in caplog.text
+
+
+def test_features_of_another_origin_fall_back_to_a_fixed_threshold(built, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    res = duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False))
+    cal = json.loads((store / "duplicates" / "calibration.json").read_text())
+    assert cal == {"threshold": 0.9, "calibrated": False, "why": cal["why"]}
+    out = _groups(store)
+    assert out["threshold"] == 0.9 and out["threshold_from"] == "fallback" and res.complete

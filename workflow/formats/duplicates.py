@@ -3,8 +3,11 @@
 - `duplicates/knn/shard-NNNNN.npz`, one per feature shard: `ids` [n] (the shard's images
   that have a feature), `nbrs` [n, k] (their nearest other images, -1 for none) and
   `sims` [n, k] (exact cosine similarities, descending).
-- `duplicates/groups.json`: `{"threshold", "slack", "k", "corpus", "groups": [{
-  "representative", "reason", "ids", "keys", "scores"}]}`, the largest groups first;
+- `duplicates/calibration.json`: the threshold measured on the store (`stages.
+  calibration`) and what it was measured on.
+- `duplicates/groups.json`: `{"threshold", "threshold_from" (given, measured or
+  fallback), "slack", "k", "corpus", "shards", "groups": [{"representative", "reason",
+  "ids", "keys", "scores"}]}`, the largest groups first;
   each group lists its representative first, then the others by descending similarity
   to it (`scores`, 1.0 for the representative).
 - `duplicates/groups.csv`: id, key, group, representative, score: a row per grouped image.

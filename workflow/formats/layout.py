@@ -43,6 +43,7 @@ DUP_KNN = f"{DUP_DIR}/knn"
 GROUPS_FILE = f"{DUP_DIR}/groups.json"
 GROUPS_CSV = f"{DUP_DIR}/groups.csv"
 REMOVE_LIST = f"{DUP_DIR}/remove-list.txt"
+CALIBRATION_FILE = f"{DUP_DIR}/calibration.json"
 # remove (a command, not a stage: the removal list is kept beside the stages' outputs)
 REMOVE = "remove"
 REMOVED = "removed"

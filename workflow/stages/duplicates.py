@@ -29,7 +29,15 @@ from ..formats.duplicates import groups_csv, groups_json, knn_file, load_knn, re
 from ..formats.evaluation import corpus_id
 from ..formats.features import feature_markers, fetch_features
 from ..formats.images import orig_sizes
-from ..formats.layout import ADD, DUPLICATES, GROUPS_CSV, GROUPS_FILE, REMOVE_LIST, REPORT_FILE
+from ..formats.layout import (
+    ADD,
+    CALIBRATION_FILE,
+    DUPLICATES,
+    GROUPS_CSV,
+    GROUPS_FILE,
+    REMOVE_LIST,
+    REPORT_FILE,
+)
 from ..formats.plan import corpus_version, load_plan, planned_count
 from ..formats.removed import load_removed, removal_version
 from ..index.grouping import group, links, representative_order
@@ -37,7 +45,9 @@ from ..inputs.sources import entry_size
 from ..options import opt
 from ..search.modes import SearchParams
 from ..search.searcher import Searcher
+from ..utils import Timeit
 from .base import StageConfig, StageRun
+from .calibration import calibrate, calibration_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +59,11 @@ MODE = "ivfpq+rerank"
 @dataclass(frozen=True)
 class DuplicatesConfig(StageConfig):
     """Settings of the duplicates stage; see `scripts/08_duplicates.py --help`."""
-    threshold: float = opt(0.90, "cosine similarity at or above which two images are "
-                           "near-duplicates", type=float, group=GROUP)
+    threshold: float | None = opt(None, "cosine similarity at or above which two images "
+                                  "are near-duplicates (default: measured on the store: "
+                                  "what 90%% of edited copies of a sample of its images "
+                                  "reach with its model; 0.90 for features of another "
+                                  "origin)", type=float, group=GROUP, shown="calibrated")
     slack: float = opt(0.05, "every member of a group must reach its representative at "
                        "threshold - slack (stops chains of small steps)", type=float,
                        group=GROUP)
@@ -62,8 +75,9 @@ class DuplicatesConfig(StageConfig):
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
-            r("threshold", 0 < self.threshold <= 1, "must be in (0, 1]"),
-            r("slack", 0 <= self.slack < self.threshold, "must be in [0, threshold)"),
+            r("threshold", self.threshold is None or 0 < self.threshold <= 1,
+              "must be in (0, 1]"),
+            r("slack", 0 <= self.slack < (self.threshold or 1), "must be in [0, threshold)"),
             r("k", 1 <= self.k <= 1000, "must be 1..1000"),
             r("nprobe", self.nprobe >= 1, "must be at least 1"),
             r("rerank", self.rerank >= self.k, "must be at least --k"),
@@ -147,16 +161,18 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     settings and this corpus. Returns (groups, images grouped)."""
     cfg, store = run.cfg, run.store
     corpus = corpus_id(corpus_version(store), removal_version(store))
-    settings = {"threshold": cfg.threshold, "slack": cfg.slack, "k": cfg.k,
-                "corpus": corpus, "shards": len(units)}
+    _, removed = load_removed(store)
+    threshold, source = (cfg.threshold, "given") if cfg.threshold else \
+        _calibrated(run, searcher, removed, fp)
+    settings = {"threshold": threshold, "threshold_from": source, "slack": cfg.slack,
+                "k": cfg.k, "corpus": corpus, "shards": len(units)}
     m = store.marker(STAGE, "groups")
     if m is not None and all(m.extra.get(k) == v for k, v in settings.items()):
         return m.extra["groups"], m.extra["images"]
     t = time.monotonic()
     ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
         load_knn(store, store.marker(STAGE, u)) for u in units)))
-    _, removed = load_removed(store)
-    a, b = links(ids, nbrs, sims, cfg.threshold, drop=removed)
+    a, b = links(ids, nbrs, sims, threshold, drop=removed)
     alias, (ea, eb) = _exact_duplicates(store, removed)
     a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
     plan = load_plan(store, store.scratch / STAGE / "plan.h5")
@@ -176,7 +192,7 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
         return np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
 
-    found = group(a, b, pick, similarity, cfg.threshold, cfg.slack)
+    found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold))
     groups = [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
                "keys": [plan.keys[i] for i in members.tolist()],
                "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
@@ -194,6 +210,27 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         store.commit(path, rel, STAGE, unit, fp, extra)
         path.unlink()
     return len(groups), grouped
+
+
+def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
+                fp: str) -> tuple[float, str]:
+    """The threshold measured on the store (`calibration`), once: committed as
+    duplicates/calibration.json and reused; and "measured" (or "fallback" where the
+    store's model could not be loaded)."""
+    m = run.store.marker(STAGE, "calibration")
+    if m is None:
+        with Timeit("calibrating the threshold on edited copies of a sample", logging.INFO):
+            result = calibrate(searcher, removed)
+        path = run.work / "calibration.json"
+        path.write_bytes(calibration_json(result))
+        run.lease.check()
+        m = run.store.commit(path, CALIBRATION_FILE, STAGE, "calibration", fp,
+                             {"threshold": result["threshold"],
+                              "calibrated": result["calibrated"]})
+        path.unlink()
+    logger.info("duplicates: threshold %.3f, measured on the store (%s)",
+                m.extra["threshold"], run.store.display(CALIBRATION_FILE))
+    return m.extra["threshold"], "measured" if m.extra["calibrated"] else "fallback"
 
 
 def _exact_duplicates(store, removed: np.ndarray) -> tuple[np.ndarray, tuple]:

@@ -1,0 +1,112 @@
+"""The duplicates stage's default threshold, measured on the store itself: where
+near-copies of its own images land for its own model.
+
+A seeded sample of the corpus's stored images is edited the ways near-copies arise
+(`inputs.edits`: downscaled, recompressed, cropped, re-exposed, captioned, straightened;
+not mirrored), each edit is embedded exactly as a query would be, and its similarity to
+its original's feature is measured; so are the similarities between the sampled
+originals themselves (unrelated pictures, mostly). The threshold is the similarity that
+90% of the edits reach, rounded down to 0.01, unless the closest 1% of the unrelated
+pairs reach it too (a model that does not tell pictures apart, such as random weights):
+then just above those, with a warning. Models differ widely here (a pretrained CNN puts a
+recompressed copy near 0.97 and another flower of the same kind near 0.8; random
+weights put every pair above 0.9), which is why no fixed number serves them all.
+Stores whose features were not made by a model this workflow loads fall back to 0.90.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+
+from ..errors import BadQuery, WorkflowError
+from ..formats.images import stored_jpegs
+from ..inputs.edits import CALIBRATION_KINDS, edited_jpeg
+
+logger = logging.getLogger(__name__)
+
+SAMPLE = 100
+REACHED_BY = 0.90  # the share of the sample's edits the threshold lets through
+FALLBACK = 0.90
+UNRELATED_Q = 0.99
+BATCH = 64
+
+
+def calibrate(searcher, removed: np.ndarray, sample: int = SAMPLE, seed: int = 0) -> dict:
+    """{"threshold", "calibrated", ...what it was measured on}."""
+    try:
+        embedder = searcher.embedder
+    except (BadQuery, WorkflowError) as e:
+        logger.warning("duplicates: no calibration (%s); threshold %.2f", e, FALLBACK)
+        return {"threshold": FALLBACK, "calibrated": False, "why": str(e)}
+    ok = searcher.valid.copy()
+    ok[removed[removed < len(ok)]] = False
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(np.flatnonzero(ok), min(sample, int(ok.sum())), replace=False))
+    jpegs = stored_jpegs(searcher.store, searcher.plan_info[1], ids.tolist())
+    edits, owners, kinds = [], [], []
+    for i in ids.tolist():
+        for j, kind in enumerate(CALIBRATION_KINDS):
+            if jpegs.get(i):
+                edits.append(edited_jpeg(jpegs[i], kind, np.random.default_rng([seed, i, j])))
+                owners.append(i)
+                kinds.append(kind)
+    sims = _edit_similarities(embedder, searcher.xb, edits, owners)
+    x = np.asarray(searcher.xb[ids], np.float32)
+    unrelated = (x @ x.T)[np.triu_indices(len(ids), 1)]
+    return _choose(sims, np.array(kinds), unrelated, len(ids))
+
+
+def _edit_similarities(embedder, xb, edits: list[bytes], owners: list[int]) -> np.ndarray:
+    """Each edit's similarity to its original's feature (NaN for an edit that cannot be
+    embedded: e.g. downscaled below the smallest size preprocess accepts)."""
+    out = np.full(len(edits), np.nan, np.float32)
+    for lo in range(0, len(edits), BATCH):
+        part = range(lo, min(lo + BATCH, len(edits)))
+        try:
+            e = embedder.embed([edits[i] for i in part])
+            rows = list(part)
+        except BadQuery:  # one at a time, to know which
+            e, rows = [], []
+            for i in part:
+                try:
+                    e.append(embedder.embed([edits[i]])[0])
+                    rows.append(i)
+                except BadQuery:
+                    continue
+            e = np.array(e, np.float32).reshape(len(rows), -1)
+        if rows:
+            own = np.asarray(xb[np.array([owners[i] for i in rows])], np.float32)
+            out[rows] = np.sum(e * own, axis=1)
+    return out
+
+
+def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int) -> dict:
+    ok = ~np.isnan(sims)
+    if not ok.any():
+        return {"threshold": FALLBACK, "calibrated": False, "why": "no edit could be embedded"}
+    reached = float(np.quantile(sims[ok], 1 - REACHED_BY))
+    # the closest 1% of the sample's pairs: unrelated pictures, but for the few true
+    # copies a random sample of a real collection may hold
+    top = float(np.quantile(unrelated, UNRELATED_Q)) if len(unrelated) else -1.0
+    threshold = math.floor(reached * 100) / 100
+    separable = threshold > top
+    if not separable:
+        threshold = min(1.0, math.ceil(top * 1000) / 1000)
+        logger.warning(
+            "duplicates: in this store the model puts 1%% of pairs of unrelated images at "
+            "%.3f or closer, as close as edited copies (90%% reach %.3f): it cannot tell "
+            "near-copies apart (random weights?); threshold %.3f keeps unrelated pairs out "
+            "and will miss many copies", top, reached, threshold)
+    by_kind = {k: {"median": round(float(np.median(sims[ok & (kinds == k)])), 4),
+                   "reached_by_90%": round(float(np.quantile(sims[ok & (kinds == k)], 0.1)), 4)}
+               for k in CALIBRATION_KINDS if (ok & (kinds == k)).any()}
+    return {"threshold": threshold, "calibrated": True, "separable": bool(separable),
+            "sample": n, "edits": int(ok.sum()), "edits_reached_by_90%": round(reached, 4),
+            "unrelated_p99": round(top, 4), "by_kind": by_kind}
+
+
+def calibration_json(result: dict) -> bytes:
+    return (json.dumps(result, indent=1) + "\n").encode()
