@@ -42,8 +42,8 @@ def built(tmp_path_factory):
 
 
 def _run(store, **kw):
-    return duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False,
-                                                      threshold=0.97, slack=0.02, **kw))
+    kw = {"threshold": 0.97, "slack": 0.02, **kw}
+    return duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False, **kw))
 
 
 def _groups(store):
@@ -185,3 +185,28 @@ def test_features_of_another_origin_fall_back_to_a_fixed_threshold(built, tmp_pa
     assert cal == {"threshold": 0.9, "calibrated": False, "why": cal["why"]}
     out = _groups(store)
     assert out["threshold"] == 0.9 and out["threshold_from"] == "fallback" and res.complete
+
+
+def test_review_pages_and_histogram_follow_the_groups(built, tmp_path, monkeypatch):
+    import workflow.report.duplicates as pages
+    import workflow.stages.review as review
+    monkeypatch.setattr(pages, "GROUPS_PER_PAGE", 10)
+    monkeypatch.setattr(review, "GROUPS_PER_PAGE", 10)
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    _run(store, report_groups=35)
+    n = len(_groups(store)["groups"])
+    assert n > 35
+    first = (store / "duplicates" / "report.html").read_text()
+    assert "page 1 of 4" in first and "group 1 &middot;" in first and "threshold 0.97" in first
+    assert first.count("<section>") == 10 and "data:image/png;base64," in first
+    assert first.count('src="data:image/jpeg') == sum(
+        len(g["ids"]) for g in _groups(store)["groups"][:10])
+    last = (store / "duplicates" / "report" / "page-0004.html").read_text()
+    assert last.count("<section>") == 5 and f"{n - 35:,} more groups are not shown" in last
+    assert 'href="../report/page-0003.html"' in last and 'href="../report.html"' in last
+    assert (store / "duplicates" / "nearest.png").read_bytes()[:4] == b"\x89PNG"
+    _run(store, report_groups=35, threshold=0.999, slack=0.0)  # one group: one page
+    assert not (store / "duplicates" / "report").exists() or \
+        not list((store / "duplicates" / "report").iterdir())
+    assert "page 1 of 1" in (store / "duplicates" / "report.html").read_text()

@@ -44,6 +44,8 @@ GROUPS_FILE = f"{DUP_DIR}/groups.json"
 GROUPS_CSV = f"{DUP_DIR}/groups.csv"
 REMOVE_LIST = f"{DUP_DIR}/remove-list.txt"
 CALIBRATION_FILE = f"{DUP_DIR}/calibration.json"
+NEAREST_PNG = f"{DUP_DIR}/nearest.png"
+DUP_PAGES = f"{DUP_DIR}/report"
 # remove (a command, not a stage: the removal list is kept beside the stages' outputs)
 REMOVE = "remove"
 REMOVED = "removed"
@@ -62,7 +64,7 @@ STAGES = (
     StageInfo(ADD, (INDEX, PARTS)),
     StageInfo(PREFILTER, (PREFILTER_DIR,)),
     StageInfo(EVALUATE, (EVALUATION,)),
-    StageInfo(DUPLICATES, (DUP_DIR, DUP_KNN)),
+    StageInfo(DUPLICATES, (DUP_DIR, DUP_KNN, DUP_PAGES)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

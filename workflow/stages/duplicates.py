@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DeadlineReached
-from ..formats.duplicates import groups_csv, groups_json, knn_file, load_knn, remove_list, write_knn
+from ..formats.duplicates import knn_file, load_knn, write_knn
 from ..formats.evaluation import corpus_id
 from ..formats.features import feature_markers, fetch_features
 from ..formats.images import orig_sizes
@@ -48,6 +48,7 @@ from ..search.searcher import Searcher
 from ..utils import Timeit
 from .base import StageConfig, StageRun
 from .calibration import calibrate, calibration_json
+from .review import commit_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class DuplicatesConfig(StageConfig):
     nprobe: int = opt(16, "inverted lists scanned for each image", type=int, group=GROUP)
     rerank: int = opt(50, "IVF-PQ candidates re-scored exactly for each image", type=int,
                       group=GROUP)
+    report_groups: int = opt(5000, "groups shown in the review pages (duplicates/report.html "
+                             "and report/; all of them are in groups.csv)", type=int,
+                             group=GROUP)
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
@@ -81,6 +85,7 @@ class DuplicatesConfig(StageConfig):
             r("k", 1 <= self.k <= 1000, "must be 1..1000"),
             r("nprobe", self.nprobe >= 1, "must be at least 1"),
             r("rerank", self.rerank >= self.k, "must be at least --k"),
+            r("report_groups", self.report_groups >= 0, "must be >= 0"),
         ]
 
 
@@ -165,7 +170,8 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     threshold, source = (cfg.threshold, "given") if cfg.threshold else \
         _calibrated(run, searcher, removed, fp)
     settings = {"threshold": threshold, "threshold_from": source, "slack": cfg.slack,
-                "k": cfg.k, "corpus": corpus, "shards": len(units)}
+                "k": cfg.k, "corpus": corpus, "shards": len(units),
+                "report_groups": cfg.report_groups}
     m = store.marker(STAGE, "groups")
     if m is not None and all(m.extra.get(k) == v for k, v in settings.items()):
         return m.extra["groups"], m.extra["images"]
@@ -198,18 +204,10 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
                "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
     logger.info("duplicates: %d links, %d groups in %.1f s", len(a), len(groups),
                 time.monotonic() - t)
-    grouped = sum(len(g["ids"]) for g in groups)
-    for rel, unit, data in ((GROUPS_CSV, "csv", groups_csv(groups)),
-                            (REMOVE_LIST, "remove-list", remove_list(groups)),
-                            (GROUPS_FILE, "groups", groups_json(groups, settings))):
-        path = run.work / rel.rsplit("/", 1)[1]
-        path.write_bytes(data)
-        run.lease.check()
-        extra = {**settings, "groups": len(groups), "images": grouped} if unit == "groups" \
-            else {"corpus": corpus}
-        store.commit(path, rel, STAGE, unit, fp, extra)
-        path.unlink()
-    return len(groups), grouped
+    keep = ~np.isin(ids, removed)
+    calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
+    commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
+    return len(groups), sum(len(g["ids"]) for g in groups)
 
 
 def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
@@ -230,7 +228,7 @@ def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
         path.unlink()
     logger.info("duplicates: threshold %.3f, measured on the store (%s)",
                 m.extra["threshold"], run.store.display(CALIBRATION_FILE))
-    return m.extra["threshold"], "measured" if m.extra["calibrated"] else "fallback"
+    return m.extra["threshold"], "measured" if m.extra.get("calibrated", True) else "fallback"
 
 
 def _exact_duplicates(store, removed: np.ndarray) -> tuple[np.ndarray, tuple]:
