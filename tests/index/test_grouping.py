@@ -19,9 +19,10 @@ def _graph(pairs: dict[int, list[tuple[int, float]]], k: int = 3):
 def test_links_are_undirected_pairs_above_the_threshold_once():
     ids, nbrs, sims = _graph({0: [(1, 0.95), (2, 0.5)], 1: [(0, 0.95)], 2: [(3, 0.91)],
                               3: [(3, 1.0)]})
-    a, b = links(ids, nbrs, sims, 0.9)
+    a, b, s = links(ids, nbrs, sims, 0.9)
     assert list(zip(a.tolist(), b.tolist())) == [(0, 1), (2, 3)]  # self links never
-    a, b = links(ids, nbrs, sims, 0.9, drop=np.array([3]))
+    assert s.tolist() == pytest.approx([0.95, 0.91])
+    a, b, s = links(ids, nbrs, sims, 0.9, drop=np.array([3]))
     assert list(zip(a.tolist(), b.tolist())) == [(0, 1)]
 
 

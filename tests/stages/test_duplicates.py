@@ -210,3 +210,20 @@ def test_review_pages_and_histogram_follow_the_groups(built, tmp_path, monkeypat
     assert not (store / "duplicates" / "report").exists() or \
         not list((store / "duplicates" / "report").iterdir())
     assert "page 1 of 1" in (store / "duplicates" / "report.html").read_text()
+
+
+def test_pairs_a_phash_confirms_let_the_threshold_stay_high():
+    from workflow.stages.calibration import _choose
+    kinds = np.array(["jpeg"] * 500 + ["crop"] * 500)
+    sims = np.concatenate([np.linspace(0.80, 0.88, 500), np.linspace(0.93, 0.99, 500)])
+    hashed = kinds == "jpeg"  # the recompressed copies are within pHash distance
+    unrelated = np.linspace(0.1, 0.7, 4950)
+    plain = _choose(sims.astype(np.float32), kinds, unrelated, 100)
+    got = _choose(sims.astype(np.float32), kinds, unrelated, 100, hashed)
+    from workflow.inputs.hashing import HASH_MARGIN
+
+    def linked(t):
+        return np.mean((sims >= t) | (hashed & (sims >= t - HASH_MARGIN)))
+    assert plain["threshold"] == 0.81 and got["threshold"] > plain["threshold"] + 0.05
+    assert linked(got["threshold"]) >= 0.9 > linked(got["threshold"] + 0.01)
+    assert got["linked_by_phash"] == 0.5 and got["separable"]

@@ -128,9 +128,11 @@ def read_outcomes(store: Store, rel: str) -> tuple[np.ndarray, ...]:
 
 
 def read_stored_jpegs(store: Store, rel: str, offsets: list[int]) -> list[bytes]:
-    """The stored JPEGs at these row offsets of the shard at `rel`, read in the store."""
+    """The stored JPEGs at these row offsets of the shard at `rel`, read in the store
+    (empty for a row the shard does not hold)."""
     with store.fs.open(store.path(rel), "rb") as fh, h5py.File(fh, "r") as f:
-        return [bytes(f["jpeg"][o]) for o in offsets]
+        jpeg = f["jpeg"]
+        return [bytes(jpeg[o]) if o < len(jpeg) else b"" for o in offsets]
 
 
 def read_item(store: Store, rel: str, offset: int) -> dict:
@@ -154,7 +156,10 @@ def orig_sizes(store: Store, bounds: np.ndarray, ids: np.ndarray) -> np.ndarray:
             continue
         rows = np.flatnonzero(shards == s)
         with store.fs.open(store.path(m.path), "rb") as fh, h5py.File(fh, "r") as f:
-            out[rows] = f["orig_size"][:][ids[rows] - int(bounds[s])]
+            sizes = f["orig_size"][:]
+        offsets = ids[rows] - int(bounds[s])
+        inside = offsets < len(sizes)  # a shard without its items' rows: unknown (0)
+        out[rows[inside]] = sizes[offsets[inside]]
     return out
 
 

@@ -19,19 +19,24 @@ import numpy as np
 
 
 def links(ids: np.ndarray, nbrs: np.ndarray, sims: np.ndarray, threshold: float,
-          drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Undirected pairs (a < b) of the graph at or above `threshold`, each once, sorted;
-    ids in `drop` (removed images) take part in none. ids [n], nbrs/sims [n, k] (-1 for
-    no neighbour)."""
+          drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected pairs (a < b) of the graph at or above `threshold`, each once, sorted,
+    with their similarity; ids in `drop` (removed images) take part in none. ids [n],
+    nbrs/sims [n, k] (-1 for no neighbour)."""
     a = np.repeat(np.asarray(ids, np.int64), nbrs.shape[1])
     b = np.asarray(nbrs, np.int64).ravel()
-    ok = (b >= 0) & (np.asarray(sims).ravel() >= threshold) & (a != b)
-    a, b = a[ok], b[ok]
+    s = np.asarray(sims, np.float32).ravel()
+    ok = (b >= 0) & (s >= threshold) & (a != b)
+    a, b, s = a[ok], b[ok], s[ok]
     if drop is not None and len(drop):
         keep = ~np.isin(a, drop) & ~np.isin(b, drop)
-        a, b = a[keep], b[keep]
-    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0)
-    return (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.zeros(0, np.int64),) * 2
+        a, b, s = a[keep], b[keep], s[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((-s, hi, lo))  # each pair's highest similarity first
+    lo, hi, s = lo[order], hi[order], s[order]
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return lo[first], hi[first], s[first]
 
 
 def components(a: np.ndarray, b: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -64,11 +69,13 @@ def components(a: np.ndarray, b: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
 
 def group(a: np.ndarray, b: np.ndarray, pick: Callable[[np.ndarray], int],
           similarity: Callable[[int, np.ndarray], np.ndarray], threshold: float,
-          slack: float) -> list[tuple[int, np.ndarray, np.ndarray]]:
+          slack: float, close: Callable | None = None) -> list[tuple[int, np.ndarray,
+                                                                      np.ndarray]]:
     """Groups as (representative, members with the representative first then by
     descending score and id, each member's similarity to the representative), the
     largest first. `pick(ids)` chooses a representative; `similarity(rep, ids)` gives
-    exact similarities. Every member reaches its representative at `threshold - slack`."""
+    exact similarities. Every member reaches its representative at `threshold - slack`,
+    or is `close(rep, ids, similarities)` to it by another measure."""
     floor = threshold - slack
     out = []
     todo = components(a, b)
@@ -78,6 +85,8 @@ def group(a: np.ndarray, b: np.ndarray, pick: Callable[[np.ndarray], int],
         s = np.asarray(similarity(rep, ids), np.float32)
         s[ids == rep] = 1.0
         near = (s >= floor) | (ids == rep)
+        if close is not None:
+            near |= close(rep, ids, s)
         if near.sum() >= 2:
             members, scores = ids[near], s[near]
             order = np.lexsort((members, -scores, members != rep))

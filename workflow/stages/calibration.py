@@ -4,13 +4,17 @@ near-copies of its own images land for its own model.
 A seeded sample of the corpus's stored images is edited the ways near-copies arise
 (`inputs.edits`: downscaled, recompressed, cropped, re-exposed, captioned, straightened;
 not mirrored), each edit is embedded exactly as a query would be, and its similarity to
-its original's feature is measured; so are the similarities between the sampled
-originals themselves (unrelated pictures, mostly). The threshold is the similarity that
-90% of the edits reach, rounded down to 0.01, unless the closest 1% of the unrelated
-pairs reach it too (a model that does not tell pictures apart, such as random weights):
-then just above those, with a warning. Models differ widely here (a pretrained CNN puts a
-recompressed copy near 0.97 and another flower of the same kind near 0.8; random
-weights put every pair above 0.9), which is why no fixed number serves them all.
+its original's feature is measured, as is the pHash distance between the two; so are
+the similarities between the sampled originals themselves (unrelated pictures, mostly).
+The threshold is the highest (in steps of 0.01) at which 90% of the edits are linked
+to their original, as the stage links: at the threshold or above, or confirmed by pHash
+(`inputs.hashing`) down to 0.20 below it. The pHash catches the near-exact copies whose
+similarity a small original made drop, so the threshold can stay high enough to keep
+out different pictures of the same subject. If the closest 1% of the unrelated pairs
+reach it too (a model that does not tell pictures apart, such as random weights), it
+is raised just above those, with a warning. Models differ widely here (a pretrained
+CNN puts a recompressed copy near 0.98 and another flower of the same kind near 0.9;
+random weights put most pairs above 0.95), which is why no fixed number serves them all.
 Stores whose features were not made by a model this workflow loads fall back to 0.90.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from ..errors import BadQuery, WorkflowError
 from ..formats.images import stored_jpegs
 from ..inputs.edits import CALIBRATION_KINDS, edited_jpeg
+from ..inputs.hashing import HASH_DISTANCE, HASH_MARGIN, hamming, phash
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +59,16 @@ def calibrate(searcher, removed: np.ndarray, sample: int = SAMPLE, seed: int = 0
                 owners.append(i)
                 kinds.append(kind)
     sims = _edit_similarities(embedder, searcher.xb, edits, owners)
+    own = {i: phash(jpegs[i]) for i in set(owners)}
+    hashed = np.array([_near(own[o], phash(e)) for o, e in zip(owners, edits)], bool)
     x = np.asarray(searcher.xb[ids], np.float32)
     unrelated = (x @ x.T)[np.triu_indices(len(ids), 1)]
-    return _choose(sims, np.array(kinds), unrelated, len(ids))
+    return _choose(sims, np.array(kinds), unrelated, len(ids), hashed)
+
+
+def _near(a: int | None, b: int | None) -> bool:
+    return a is not None and b is not None and \
+        int(hamming(np.uint64(a), np.uint64(b))) <= HASH_DISTANCE
 
 
 def _edit_similarities(embedder, xb, edits: list[bytes], owners: list[int]) -> np.ndarray:
@@ -83,15 +95,24 @@ def _edit_similarities(embedder, xb, edits: list[bytes], owners: list[int]) -> n
     return out
 
 
-def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int) -> dict:
+def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int,
+            hashed: np.ndarray | None = None) -> dict:
+    """The highest threshold (in steps of 0.01) at which 90% of the edits are linked to
+    their original: by similarity, or by pHash within HASH_MARGIN below it."""
     ok = ~np.isnan(sims)
     if not ok.any():
         return {"threshold": FALLBACK, "calibrated": False, "why": "no edit could be embedded"}
-    reached = float(np.quantile(sims[ok], 1 - REACHED_BY))
+    hashed = np.zeros(len(sims), bool) if hashed is None else hashed
+    s, h = sims[ok], hashed[ok]
+    reached = 0.0
+    for t in np.round(np.arange(1.0, 0.0, -0.01), 2):
+        if np.mean((s >= t) | (h & (s >= t - HASH_MARGIN))) >= REACHED_BY:
+            reached = float(t)
+            break
     # the closest 1% of the sample's pairs: unrelated pictures, but for the few true
     # copies a random sample of a real collection may hold
     top = float(np.quantile(unrelated, UNRELATED_Q)) if len(unrelated) else -1.0
-    threshold = math.floor(reached * 100) / 100
+    threshold = reached
     separable = threshold > top
     if not separable:
         threshold = min(1.0, math.ceil(top * 1000) / 1000)
@@ -104,7 +125,8 @@ def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int) 
                    "reached_by_90%": round(float(np.quantile(sims[ok & (kinds == k)], 0.1)), 4)}
                for k in CALIBRATION_KINDS if (ok & (kinds == k)).any()}
     return {"threshold": threshold, "calibrated": True, "separable": bool(separable),
-            "sample": n, "edits": int(ok.sum()), "edits_reached_by_90%": round(reached, 4),
+            "sample": n, "edits": int(ok.sum()), "linked_by_phash": round(float(h.mean()), 4),
+            "edits_reached_by_90%": round(float(np.quantile(s, 1 - REACHED_BY)), 4),
             "unrelated_p99": round(top, 4), "by_kind": by_kind}
 
 

@@ -28,7 +28,7 @@ from ..errors import DeadlineReached
 from ..formats.duplicates import knn_file, load_knn, write_knn
 from ..formats.evaluation import corpus_id
 from ..formats.features import feature_markers, fetch_features
-from ..formats.images import orig_sizes
+from ..formats.images import orig_sizes, stored_jpegs
 from ..formats.layout import (
     ADD,
     CALIBRATION_FILE,
@@ -41,6 +41,7 @@ from ..formats.layout import (
 from ..formats.plan import corpus_version, load_plan, planned_count
 from ..formats.removed import load_removed, removal_version
 from ..index.grouping import group, links, representative_order
+from ..inputs.hashing import HASH_DISTANCE, HASH_MARGIN, hamming, phash
 from ..inputs.sources import entry_size
 from ..options import opt
 from ..search.modes import SearchParams
@@ -65,7 +66,7 @@ class DuplicatesConfig(StageConfig):
                                   "what 90%% of edited copies of a sample of its images "
                                   "reach with its model; 0.90 for features of another "
                                   "origin)", type=float, group=GROUP, shown="calibrated")
-    slack: float = opt(0.05, "every member of a group must reach its representative at "
+    slack: float = opt(0.02, "every member of a group must reach its representative at "
                        "threshold - slack (stops chains of small steps)", type=float,
                        group=GROUP)
     k: int = opt(10, "nearest images looked at for each image", type=int, group=GROUP)
@@ -178,10 +179,12 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     t = time.monotonic()
     ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
         load_knn(store, store.marker(STAGE, u)) for u in units)))
-    a, b = links(ids, nbrs, sims, threshold, drop=removed)
     alias, (ea, eb) = _exact_duplicates(store, removed)
-    a, b = np.concatenate([a, ea]), np.concatenate([b, eb])
     plan = load_plan(store, store.scratch / STAGE / "plan.h5")
+    a, b, s = links(ids, nbrs, sims, threshold - HASH_MARGIN, drop=removed)
+    hashes = _hashes(store, plan.bounds, alias, np.unique(np.concatenate([a, b, ea, eb])))
+    keep = (s >= threshold) | hashes.near(a, b)  # or a pHash says it is a near-exact copy
+    a, b = np.concatenate([a[keep], ea]), np.concatenate([b[keep], eb])
     linked = np.unique(np.concatenate([a, b]))
     pixels, sizes = _pixels(store, plan, linked), _file_sizes(plan, linked)
     xb = searcher.xb
@@ -198,7 +201,10 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
         return np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
 
-    found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold))
+    def close(rep: int, group_ids: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(rep), group_ids)
+
+    found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold), close)
     groups = [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
                "keys": [plan.keys[i] for i in members.tolist()],
                "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
@@ -231,6 +237,32 @@ def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
     return m.extra["threshold"], "measured" if m.extra.get("calibrated", True) else "fallback"
 
 
+class _Hashes:
+    """pHashes of some ids; an id without one (no stored image) is near nothing."""
+
+    def __init__(self, ids: np.ndarray, values: np.ndarray, known: np.ndarray):
+        self.ids, self.values, self.known = ids, values, known
+
+    def near(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs (a[i], b[i]), broadcast, whose hashes differ in HASH_DISTANCE bits or
+        fewer."""
+        pa, pb = np.searchsorted(self.ids, a), np.searchsorted(self.ids, b)
+        return self.known[pa] & self.known[pb] & (
+            hamming(self.values[pa], self.values[pb]) <= HASH_DISTANCE)
+
+
+def _hashes(store, bounds: np.ndarray, alias: np.ndarray, ids: np.ndarray) -> _Hashes:
+    """The pHash of each id's stored image (an exact duplicate's: its original's)."""
+    src = alias[ids]
+    jpegs = stored_jpegs(store, bounds, np.unique(src).tolist())
+    values, known = np.zeros(len(ids), np.uint64), np.zeros(len(ids), bool)
+    for n, i in enumerate(src.tolist()):
+        h = phash(jpegs[i]) if jpegs.get(i) else None
+        if h is not None:
+            values[n], known[n] = h, True
+    return _Hashes(ids, values, known)
+
+
 def _exact_duplicates(store, removed: np.ndarray) -> tuple[np.ndarray, tuple]:
     """(alias[id]: the id whose feature stands for it (its original, for an exact
     duplicate preprocess found), links from each exact duplicate to its original)."""
@@ -257,6 +289,9 @@ def _pixels(store, plan, ids: np.ndarray) -> dict[int, int]:
 
 def _file_sizes(plan, ids: np.ndarray) -> dict[int, int]:
     """Size in bytes of each id's source file (-1 where it cannot be reached)."""
-    f = plan.first_id
-    return {i: entry_size(plan.sources[int(plan.source_idx[i - f])], plan.locators[i - f],
-                          int(plan.sizes[i - f])) for i in ids.tolist()}
+    f, out = plan.first_id, {}
+    for i in ids.tolist():
+        src = int(plan.source_idx[i - f])
+        out[i] = entry_size(plan.sources[src], plan.locators[i - f], int(plan.sizes[i - f])) \
+            if src < len(plan.sources) else int(plan.sizes[i - f])
+    return out
