@@ -21,7 +21,8 @@ def measured(tmp_path_factory):
         pytest.skip(f"test assets not found at {assets} (only in the development tree)")
     tmp = tmp_path_factory.mktemp("dupq")
     flowers = assets / "images" / "flowers12" / "train"
-    originals = [(c.name, p) for c in sorted(flowers.iterdir()) for p in sorted(c.glob("*.jpg"))[:4]]
+    originals = [(c.name, p) for c in sorted(flowers.iterdir())
+                 for p in sorted(c.glob("*.jpg"))[:4]]
     originals += [("photos", p) for p in sorted((assets / "images" / "photos").iterdir())
                   if p.suffix in (".jpg", ".bmp")]
     labels = make_near_copy_set(originals, tmp / "corpus")
