@@ -162,3 +162,27 @@ def test_concurrent_queries_batched_together_get_their_own_answers(srv):
     one = float(text.split('workflow_search_batch_queries_bucket{le="1.0"} ')[1].split()[0])
     count = float(text.split("workflow_search_batch_queries_count ")[1].split()[0])
     assert count > one  # some batches held several queries
+
+
+def test_search_without_repeats_once_the_groups_exist(srv, built):
+    store, scratch, _ = built
+    status, got = srv.post_json("/search", {"ids": [3], "collapse_duplicates": True})
+    assert status == 422 and "08_duplicates.py" in got["detail"]
+    assert json.loads(srv.get("/status")[1])["duplicate_groups"] is None
+    done = subprocess.run([sys.executable, "-m", "workflow", "duplicates", "--store",
+                           str(store), "--scratch", str(scratch), "--threshold", "0.9",
+                           "--slack", "0", "--no-progress"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups = json.loads((store / "duplicates" / "groups.json").read_text())["groups"]
+    assert groups  # random weights: most pictures look alike
+    rep = {i: g["representative"] for g in groups for i in g["ids"]}
+    query = groups[0]["ids"][0]
+    status, plain = srv.post_json("/search", {"ids": [query], "k": 8, "mode": "exact"})
+    status, one = srv.post_json("/search?collapse_duplicates=true",
+                                {"ids": [query], "k": 8, "mode": "exact"})
+    assert status == 200
+    ids = [r["id"] for r in one["results"][0]["results"]]
+    assert len({rep.get(i, i) for i in ids}) == len(ids) == 8
+    assert len({rep.get(r["id"], r["id"]) for r in plain["results"][0]["results"]}) < 8
+    assert json.loads(srv.get("/status")[1])["duplicate_groups"]["groups"] == len(groups)

@@ -76,6 +76,12 @@ def load_groups(store: Store) -> dict | None:
     return json.loads(store.read_bytes(GROUPS_FILE))
 
 
+def groups_summary(store: Store) -> dict | None:
+    """{"groups", "images", "threshold"} of the committed groups, or None."""
+    m = store.marker(DUPLICATES, "groups")
+    return None if m is None else {k: m.extra[k] for k in ("groups", "images", "threshold")}
+
+
 def representative_of(groups: dict | None, n: int) -> np.ndarray:
     """rep[id]: the representative of the id's group, or the id itself (n ids)."""
     rep = np.arange(n, dtype=np.int64)

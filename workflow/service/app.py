@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import BadQuery, ConfigError, UnknownId, WorkflowError
+from ..formats.duplicates import groups_summary
 from ..search.modes import MODES, SearchParams
 from .batching import Batcher
 from .limits import BodyLimit, Busy, Gate, UploadTooLarge
@@ -127,6 +128,7 @@ def _info_routes(app: FastAPI, searcher, metrics: Metrics, status) -> None:
                 "defaults": {m: dataclasses.asdict(p) for m, p in searcher.defaults.items()},
                 "params": [f.name for f in dataclasses.fields(SearchParams)],
                 "cache": searcher.cache.stats(), "removed": searcher.removed_count,
+                "duplicate_groups": groups_summary(searcher.store),
                 "vectors": int(searcher.index.ntotal), "dim": searcher.d}
 
     @app.get("/metrics")

@@ -1,7 +1,7 @@
 "use strict";
 // The search page. A query is an image (dropped, pasted or chosen) or an image id; the
 // answer is a grid of cards, and a card's click searches for more like it. An id query
-// lives in the URL (?id=17&k=10&mode=...), so back/forward and bookmarks work; an image
+// lives in the URL (?id=17&k=10&mode=...&collapse_duplicates=true), so back/forward and bookmarks work; an image
 // cannot, so its history entry keeps the file in memory (`uploads`) for this page's life.
 // Data from the server is only ever inserted with textContent.
 
@@ -22,6 +22,7 @@ function setStatus(text, isError = false) {
 function options() {
   const p = new URLSearchParams({ k: $("k").value });
   if ($("mode").value) p.set("mode", $("mode").value);
+  if ($("collapse").checked) p.set("collapse_duplicates", "true");
   return p;
 }
 
@@ -33,6 +34,7 @@ function applyOptions(params) {
   }
   const mode = params.get("mode");
   if (mode && [...$("mode").options].some((o) => o.value === mode)) $("mode").value = mode;
+  $("collapse").checked = params.get("collapse_duplicates") === "true";
 }
 
 function errorText(body, res) {
@@ -182,6 +184,7 @@ async function loadModes() {
     const s = await res.json();
     const modes = s.modes || [];
     select.replaceChildren(...modes.map((m) => new Option(m, m, false, m === s.default_mode)));
+    $("collapse-label").hidden = !s.duplicate_groups; // only once the groups exist
   } catch (err) {
     setStatus(`Cannot read the server's status: ${err.message}`, true);
   }
@@ -207,7 +210,7 @@ function wire() {
   $("results").addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(e); }
   });
-  for (const id of ["k", "mode"]) {
+  for (const id of ["k", "mode", "collapse"]) {
     $(id).addEventListener("change", () => current && go(current, "replace"));
   }
   const drop = $("drop");
