@@ -41,7 +41,7 @@ from bench_index import run_stage, vectors, write_store  # noqa: E402
 from workflow.formats.features import write_feature_shard  # noqa: E402
 from workflow.formats.images import ImageShardWriter  # noqa: E402
 from workflow.formats.layout import plan_file, plan_unit, shard_name  # noqa: E402
-from workflow.formats.plan import Plan, plan_markers, shard_bounds  # noqa: E402
+from workflow.formats.plan import Plan, corpus_version, plan_markers, shard_bounds  # noqa: E402
 from workflow.storage.store import Store  # noqa: E402
 from workflow.utils import cpu_name  # noqa: E402
 
@@ -71,11 +71,14 @@ def base_store(out: Path, n: int, d: int, shard_size: int, seed: int) -> Path:
     return root
 
 
-def append_update(root: Path, new: int, d: int, shard_size: int, seed: int) -> float:
-    """Commit corpus version 2 as preprocess --update and extract would: a plan segment
-    of `new` items and their feature shards. Returns the seconds it took."""
+def append_update(root: Path, new: int, d: int, shard_size: int, seed: int,
+                  make=None) -> float:
+    """Commit the next corpus version as preprocess --update and extract would: a plan
+    segment of `new` items and their feature shards (vectors of ids lo..hi from
+    `make(lo, hi)`, default the generator's). Returns the seconds it took."""
     t = time.perf_counter()
     store = Store(root)
+    version = corpus_version(store) + 1
     first = sum(int(m.extra["n"]) for m in plan_markers(store))
     shards = sum(int(m.extra["shards"]) for m in plan_markers(store))
     pre = store.run_info()["stages"]["preprocess"]["fingerprint"]
@@ -85,24 +88,25 @@ def append_update(root: Path, new: int, d: int, shard_size: int, seed: int) -> f
     bounds = shard_bounds(new, shard_size) + first
     seg = Plan([], [f"synthetic/{i:07d}" for i in range(first, first + new)],
                np.zeros(new, np.int16), [""] * new, np.zeros(new, np.int64),
-               np.zeros(new, np.int64), bounds, [], 2, first)
+               np.zeros(new, np.int64), bounds, [], version, first)
     seg.save(str(work / "plan.h5"))
-    store.commit(work / "plan.h5", plan_file(2), "preprocess", plan_unit(2), pre,
+    store.commit(work / "plan.h5", plan_file(version), "preprocess", plan_unit(version), pre,
                  {"n": new, "shards": len(bounds) - 1, "first_id": first, "sources": []})
     placeholder = work / "placeholder.h5"
     ImageShardWriter(str(placeholder), [], [], {"fingerprint": pre}).close()
     basis, centers = generator(d, seed)
+    make = make or (lambda lo, hi: vectors(lo, hi, d, seed, basis, centers))
     for k in range(len(bounds) - 1):
         unit, lo, hi = shard_name(shards + k), int(bounds[k]), int(bounds[k + 1])
         store.commit(placeholder, f"images/{unit}.h5", "preprocess", unit, pre,
                      {"stats": {"n": hi - lo, "ok": hi - lo, "failed": {}}})
         path = work / f"{unit}.h5"
-        write_feature_shard(str(path), np.arange(lo, hi),
-                            vectors(lo, hi, d, seed, basis, centers), ext, {"model": "synthetic"})
+        write_feature_shard(str(path), np.arange(lo, hi), make(lo, hi), ext,
+                            {"model": "synthetic"})
         store.commit(path, f"features/{unit}.h5", "extract", unit, ext, {"n": hi - lo, "dim": d})
         path.unlink()
     store.commit(placeholder, "images/report.json", "preprocess", "report", pre,
-                 {"duplicates": 0, "version": 2})
+                 {"duplicates": 0, "version": version})
     return time.perf_counter() - t
 
 

@@ -173,7 +173,7 @@ def test_a_model_that_cannot_tell_pictures_apart_gets_a_strict_threshold(caplog)
     sims = rng.uniform(0.990, 1.0, 600).astype(np.float32)
     unrelated = rng.uniform(0.95, 0.9995, 4950)  # random weights: everything is close
     got = _choose(sims, np.array(["jpeg"] * 600), unrelated, 100)
-    assert not got["separable"] and got["threshold"] >= np.quantile(unrelated, 0.99)
+    assert not got["separable"] and got["threshold"] >= np.quantile(unrelated, 0.95)
     assert "cannot tell near-copies apart" in caplog.text
 
 

@@ -148,8 +148,8 @@ def join(segments: Sequence[Plan]) -> Plan:
                 where[s.url] = len(sources)
                 sources.append(s)
                 prefixes.append(prefix)
-    src = [np.array([where[s.url] for s in seg.sources], np.int16)[seg.source_idx]
-           for seg in segments]
+    src = [np.array([where[s.url] for s in seg.sources] or [-1], np.int16)[seg.source_idx]
+           for seg in segments]  # -1: a segment without sources (synthetic benchmarks)
     return Plan(sources, [k for seg in segments for k in seg.keys], np.concatenate(src),
                 [x for seg in segments for x in seg.locators],
                 np.concatenate([seg.offsets for seg in segments]),

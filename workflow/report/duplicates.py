@@ -147,7 +147,7 @@ def summary_html(settings: dict, n_groups: int, grouped: int, calibration: dict 
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v['median']:.3f}</td>"
                        f"<td>{v['reached_by_90%']:.3f}</td></tr>" for k, v in kinds.items())
         out.append("<p>Similarity of edited copies of a sample of this store's images to "
-                   f"their originals (unrelated pairs: 1% at {calibration['unrelated_p99']:.3f}"
+                   f"their originals (unrelated pairs: 5% at {calibration['unrelated_p95']:.3f}"
                    " or closer):</p><table><tr><th>edit</th><th>median</th>"
                    f"<th>reached by 90%</th></tr>{rows}</table>")
     out.append('<p><img alt="nearest-neighbour similarity" src="data:image/png;base64,'

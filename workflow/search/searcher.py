@@ -107,6 +107,11 @@ class Searcher:
     def xb(self) -> np.ndarray:
         return load_rerank(self.store)
 
+    def unmap(self) -> None:
+        """Let go of the re-rank store's memory map (mapped again on next use): the pages
+        a long batch touched leave this process's resident memory, not the page cache."""
+        self.__dict__.pop("xb", None)
+
     @cached_property
     def valid(self) -> np.ndarray:
         """valid[id]: the id has a feature (a non-zero row of the re-rank store)."""

@@ -138,7 +138,7 @@ def _search_all(run: StageRun, searcher: Searcher, feats: dict, fp: str, total: 
     cfg = run.cfg
     params = SearchParams(nprobe=cfg.nprobe, rerank=cfg.rerank)
     n = sum(m.extra["n"] for m in feats.values())
-    last = 0.0
+    last, t0 = 0.0, time.monotonic()
     with tqdm(total=n, unit="img", desc="duplicates: neighbours", mininterval=1.0,
               disable=not cfg.progress, dynamic_ncols=True) as bar:
         for unit, m in feats.items():
@@ -157,9 +157,13 @@ def _search_all(run: StageRun, searcher: Searcher, feats: dict, fp: str, total: 
             run.lease.check()
             run.store.commit(path, knn_file(unit), STAGE, unit, fp, {"n": int(len(ids))})
             path.unlink()
+            searcher.unmap()  # resident memory stays flat over millions of re-ranks
             last = time.monotonic() - t
             bar.update(m.extra["n"])
-    logger.debug("searched %d of %d shards", len(feats), total)
+    if feats:
+        took = time.monotonic() - t0
+        logger.info("duplicates: the neighbours of %d images (%d of %d shards) took %.1f s, "
+                    "%.0f images/s", n, len(feats), total, took, n / max(took, 1e-9))
 
 
 def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> tuple[int, int]:
@@ -177,12 +181,14 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     if m is not None and all(m.extra.get(k) == v for k, v in settings.items()):
         return m.extra["groups"], m.extra["images"]
     t = time.monotonic()
-    ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
-        load_knn(store, store.marker(STAGE, u)) for u in units)))
+    with Timeit("loading the neighbours", logging.INFO):
+        ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
+            load_knn(store, store.marker(STAGE, u)) for u in units)))
     alias, (ea, eb) = _exact_duplicates(store, removed)
     plan = load_plan(store, store.scratch / STAGE / "plan.h5")
     a, b, s = links(ids, nbrs, sims, threshold - HASH_MARGIN, drop=removed)
-    hashes = _hashes(store, plan.bounds, alias, np.unique(np.concatenate([a, b, ea, eb])))
+    with Timeit("pHashes of the images of candidate links", logging.INFO):
+        hashes = _hashes(store, plan.bounds, alias, np.unique(np.concatenate([a, b, ea, eb])))
     keep = (s >= threshold) | hashes.near(a, b)  # or a pHash says it is a near-exact copy
     a, b = np.concatenate([a[keep], ea]), np.concatenate([b[keep], eb])
     linked = np.unique(np.concatenate([a, b]))
@@ -204,7 +210,8 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     def close(rep: int, group_ids: np.ndarray, s: np.ndarray) -> np.ndarray:
         return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(rep), group_ids)
 
-    found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold), close)
+    with Timeit(f"grouping {len(a):,} links", logging.INFO):
+        found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold), close)
     groups = [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
                "keys": [plan.keys[i] for i in members.tolist()],
                "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
@@ -212,7 +219,8 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
                 time.monotonic() - t)
     keep = ~np.isin(ids, removed)
     calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
-    commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
+    with Timeit("writing the outputs and review pages", logging.INFO):
+        commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
     return len(groups), sum(len(g["ids"]) for g in groups)
 
 
@@ -293,5 +301,5 @@ def _file_sizes(plan, ids: np.ndarray) -> dict[int, int]:
     for i in ids.tolist():
         src = int(plan.source_idx[i - f])
         out[i] = entry_size(plan.sources[src], plan.locators[i - f], int(plan.sizes[i - f])) \
-            if src < len(plan.sources) else int(plan.sizes[i - f])
+            if 0 <= src < len(plan.sources) else int(plan.sizes[i - f])
     return out
