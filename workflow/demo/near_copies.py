@@ -18,8 +18,7 @@ import cv2
 import numpy as np
 
 from ..inputs.edits import KINDS, edited_jpeg
-
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+from ..inputs.hashing import hamming
 
 
 def make_near_copy_set(originals: list[tuple[str, Path]], out: Path, seed: int = 0,
@@ -101,8 +100,7 @@ def hash_quality(hashes: dict[str, int], labels: dict, max_distance: int) -> dic
     h = np.array([hashes[k] for k in keys], np.uint64)
     close = set()
     for lo in range(0, len(h), 256):  # Hamming distances, a block of rows at a time
-        x = (h[lo:lo + 256, None] ^ h[None, :]).view(np.uint8)
-        dist = POPCOUNT[x].reshape(x.shape[0], len(h), 8).sum(-1)
+        dist = hamming(h[lo:lo + 256, None], h[None, :])
         for i, j in zip(*np.nonzero(dist <= max_distance)):
             if lo + i < j:
                 close.add((keys[lo + i], keys[j]))
