@@ -1,6 +1,8 @@
 """Query embedding: images preprocessed and embedded exactly as the corpus was."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import BadQuery, WorkflowError
@@ -44,3 +46,13 @@ class QueryEmbedder:
             batch.append(model_input(r.jpeg, self.embedder.input_size))
             self.last_jpegs.append(r.jpeg)
         return l2_normalize(self.embedder(np.stack(batch)))
+
+
+def read_query_file(path) -> bytes:
+    """The bytes of a query image file, or an error that names it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
+                            "check the path") from None

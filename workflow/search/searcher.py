@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from functools import cached_property
 import faiss
 import numpy as np
 
-from ..errors import ConfigError, UnknownId, WorkflowError
+from ..errors import ConfigError, UnknownId
 from ..formats.evaluation import read_search_defaults
 from ..formats.images import read_item, stored_jpegs
 from ..formats.index import load_index, load_rerank, load_trained
@@ -39,6 +40,7 @@ from ..storage.store import Store
 from .cache import QueryCache
 from .collapse import WIDEN, collapse, group_map
 from .modes import MODES, SearchParams, check_mode
+from .query import read_query_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +109,11 @@ class Searcher:
     def xb(self) -> np.ndarray:
         return load_rerank(self.store)
 
-    def unmap(self) -> None:
-        """Let go of the re-rank store's memory map (mapped again on next use): the pages
-        a long batch touched leave this process's resident memory, not the page cache."""
-        self.__dict__.pop("xb", None)
+    def release_pages(self) -> None:
+        """Unmap the re-rank store's pages a batch touched (64 KB around each row read):
+        they leave this process's resident memory, not the page cache."""
+        if (mm := getattr(self.__dict__.get("xb"), "_mmap", None)) is not None:
+            mm.madvise(mmap.MADV_DONTNEED)
 
     @cached_property
     def valid(self) -> np.ndarray:
@@ -314,7 +317,7 @@ class Searcher:
             if isinstance(q, (int, np.integer)) and not isinstance(q, bool):
                 out.append(_Query(f"id:{int(q)}", f"id:{int(q)}", id=int(q)))
             elif isinstance(q, (str, os.PathLike)):
-                data = _read_query_file(q)
+                data = read_query_file(q)
                 out.append(_Query(os.fspath(q), "img:" + hashlib.sha1(data).hexdigest(),
                                   image=data))
             elif isinstance(q, (bytes, bytearray)):
@@ -387,14 +390,3 @@ class Searcher:
         _, removed = self.removals()
         wanted = {int(i) for i in ids if i >= 0 and not (i < len(removed) and removed[i])}
         return stored_jpegs(self.store, self.plan_info[1], sorted(wanted))
-
-
-def _read_query_file(path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
-                            "check the path") from None
-
-
