@@ -215,9 +215,15 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         reasons[rep] = why
         return rep
 
+    calls = [0]
+
     def similarity(rep: int, group_ids: np.ndarray) -> np.ndarray:
         rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
-        return np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
+        out = np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
+        calls[0] += 1
+        if calls[0] % RELEASE_EVERY == 0:  # groups all over the store: see _neighbours
+            searcher.release_pages()
+        return out
 
     def close(rep: int, group_ids: np.ndarray, s: np.ndarray) -> np.ndarray:
         return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(rep), group_ids)
