@@ -203,10 +203,26 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         hashes = _hashes(store, plan.bounds, alias, np.unique(np.concatenate([a, b, ea, eb])))
     keep = (s >= threshold) | hashes.near(a, b)  # or a pHash says it is a near-exact copy
     a, b = np.concatenate([a[keep], ea]), np.concatenate([b[keep], eb])
+    groups = _find_groups(store, searcher, plan, (a, b), alias, hashes, threshold,
+                          min(cfg.slack, threshold))
+    logger.info("duplicates: %d links, %d groups in %.1f s", len(a), len(groups),
+                time.monotonic() - t)
+    keep = ~np.isin(ids, removed)
+    calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
+    with Timeit("writing the outputs and review pages", logging.INFO):
+        commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
+    return len(groups), sum(len(g["ids"]) for g in groups)
+
+
+def _find_groups(store, searcher: Searcher, plan, pairs: tuple, alias: np.ndarray,
+                 hashes: _Hashes, threshold: float, slack: float) -> list[dict]:
+    """The groups of the linked pairs (`index.grouping.group`), as groups.json has them."""
+    a, b = pairs
     linked = np.unique(np.concatenate([a, b]))
     pixels, sizes = _pixels(store, plan, linked), _file_sizes(plan, linked)
     xb = searcher.xb
     reasons: dict[int, str] = {}
+    calls = [0]
 
     def pick(group_ids: np.ndarray) -> int:
         rep, why = representative_order(np.array([pixels[int(i)] for i in group_ids]),
@@ -214,8 +230,6 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
                                         group_ids)
         reasons[rep] = why
         return rep
-
-    calls = [0]
 
     def similarity(rep: int, group_ids: np.ndarray) -> np.ndarray:
         rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
@@ -229,17 +243,10 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(rep), group_ids)
 
     with Timeit(f"grouping {len(a):,} links", logging.INFO):
-        found = group(a, b, pick, similarity, threshold, min(cfg.slack, threshold), close)
-    groups = [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
-               "keys": [plan.keys[i] for i in members.tolist()],
-               "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
-    logger.info("duplicates: %d links, %d groups in %.1f s", len(a), len(groups),
-                time.monotonic() - t)
-    keep = ~np.isin(ids, removed)
-    calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
-    with Timeit("writing the outputs and review pages", logging.INFO):
-        commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
-    return len(groups), sum(len(g["ids"]) for g in groups)
+        found = group(a, b, pick, similarity, threshold, slack, close)
+    return [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
+             "keys": [plan.keys[i] for i in members.tolist()],
+             "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
 
 
 def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
