@@ -6,7 +6,9 @@ The labelled set (`workflow.demo.near_copies`): every flowers12 photo (960, 12 s
 and the seven larger photos of `../shared/assets/images/photos`, each with one seeded
 variant per edit (downscale 30-70%, JPEG quality 30-95, crop up to 15%, brightness and
 contrast, a text overlay, a 2-6 degree rotation, and a horizontal flip as its own case).
-The other photos of the same species are the hard negatives. The whole workflow runs on
+The other photos of the same species are the hard negatives; copies among the photos
+themselves (flowers12 holds about 120 pairs: one photo cropped, zoomed or mirrored) are
+found by keypoint matching (`same_picture`) and labelled one picture. The whole workflow runs on
 it (preprocess, extract with the pretrained MobileNet TFLite embedding of
 `../shared/assets/models`, train, add, duplicates with its measured threshold), then
 regroups at other thresholds (no new search). Baseline: 64-bit pHash (imagehash, as
@@ -16,6 +18,7 @@ Goal at the default threshold: pair precision >= 0.98 and recall >= 0.90 over al
 but the flip; more recall than pHash at equal precision.
 
     python bench/bench_duplicates_quality.py [--out bench/out/dupq] [--per-class 80]
+        [--model ../shared/assets/models/mobilenet_v2_1.0_224_quant.tflite]
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from workflow.utils import cpu_name  # noqa: E402
 
 ASSETS = REPO.parent / "shared" / "assets"
 MODEL = ASSETS / "models" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+V2_TENSOR = "MobilenetV2/Logits/AvgPool"  # mobilenet_v2_1.0_224_quant.tflite's embedding
 
 
 def originals(per_class: int) -> list[tuple[str, Path]]:
@@ -79,8 +83,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=80, help="flowers12 photos per species")
     ap.add_argument("--thresholds", type=float, nargs="*",
                     default=[0.85, 0.88, 0.90, 0.92, 0.94, 0.96])
+    ap.add_argument("--model", type=Path, default=MODEL,
+                    help="a .tflite model (MobileNet v2: its AvgPool tensor is read)")
     a = ap.parse_args()
-    if not MODEL.exists():
+    if not a.model.exists():
         raise SystemExit(f"the assets are not at {ASSETS}")
     shutil.rmtree(a.out, ignore_errors=True)
     corpus, store = a.out / "corpus", a.out / "store"
@@ -89,7 +95,8 @@ def main() -> None:
     made = time.perf_counter() - t
     t = time.perf_counter()
     workflow("preprocess", "--store", str(store), "--source", str(corpus))
-    workflow("extract", "--store", str(store), "--model", str(MODEL))
+    tensor = ["--embedding-tensor", V2_TENSOR] if "v2" in a.model.name else []
+    workflow("extract", "--store", str(store), "--model", str(a.model), *tensor)
     workflow("train", "--store", str(store))
     workflow("add", "--store", str(store))
     workflow("duplicates", "--store", str(store))
@@ -100,7 +107,9 @@ def main() -> None:
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}",
               "command": "python bench/bench_duplicates_quality.py " + " ".join(sys.argv[1:]),
-              "images": len(labels), "originals": sum(v[2] is None for v in labels.values()),
+              "model": a.model.name, "images": len(labels),
+              "originals": sum(v[2] is None for v in labels.values()),
+              "pictures": len({v[0] for v in labels.values()}),
               "seconds": {"make set": round(made, 1), "workflow": round(took, 1)},
               "threshold": g["threshold"], "threshold_from": g["threshold_from"],
               "calibration": json.loads((store / "duplicates" / "calibration.json").read_text()),
@@ -118,7 +127,8 @@ def main() -> None:
 
 def print_report(r: dict) -> None:
     print(f"\n{r['date']} | {r['machine']} | {r['command']}\n")
-    print(f"{r['images']:,} images ({r['originals']:,} originals); workflow "
+    print(f"{r['images']:,} images ({r['originals']:,} originals of {r['pictures']:,} "
+          f"pictures), {r['model']}; workflow "
           f"{r['seconds']['workflow']:.0f} s; threshold {r['threshold']:g} "
           f"({r['threshold_from']})\n")
     ph = r["phash"][10]

@@ -37,3 +37,30 @@ def test_pairs_are_scored_per_kind_against_the_pictures():
     assert q["precision"] == 1.0 and q["by_kind"]["jpeg"]["recall"] == 1.0
     assert q["by_kind"]["crop"]["recall"] == 0.5  # o1-crop is 2 bits from o1; o0-crop 3
     assert np.isclose(hash_quality(h, labels, 64)["precision"], 6 / 15)
+
+
+def _shapes(seed: int) -> np.ndarray:
+    """A picture with corners and edges for keypoints: seeded rectangles and circles."""
+    rng = np.random.default_rng(seed)
+    img = np.full((240, 240, 3), 128, np.uint8)
+    for _ in range(40):
+        x, y = (int(v) for v in rng.integers(0, 240, 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(8, 40)), y + 20), colour, -1)
+        else:
+            cv2.circle(img, (x, y), int(rng.integers(5, 25)), colour, -1)
+    return img
+
+
+def test_a_cropped_zoomed_mirrored_copy_is_the_same_picture(tmp_path):
+    a, b = _shapes(1), _shapes(2)
+    copy = cv2.resize(a[20:220, 10:210][:, ::-1], (300, 300), interpolation=cv2.INTER_CUBIC)
+    src = []
+    for name, img, cls in (("a", a, "x"), ("b", b, "x"), ("copy", copy, "x"),
+                           ("elsewhere", a[30:230, 30:230], "y")):
+        cv2.imwrite(str(tmp_path / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        src.append((cls, tmp_path / f"{name}.jpg"))
+    # a crop in another class is not compared by keypoints (a class's copies stay in it)
+    assert same_picture(src) == [0, 1, 0, 3]
+    assert same_picture(src, min_inliers=10**6) == [0, 1, 2, 3]

@@ -72,9 +72,10 @@ STAGE_COMMANDS = {
         "Stage 8: near-duplicate groups over the whole corpus. Each image's --k nearest "
         "others are found through the index and re-scored exactly (one unit per feature "
         "shard: kill it and run it again, it resumes); images at --threshold or more are "
-        "linked, and every member of a group must reach its representative (the largest "
-        "original resolution, then the largest file, then the lowest id) at --threshold "
-        "minus --slack, so that chains of small steps do not merge unrelated images. "
+        "linked, and every member of a group must reach its centre (the member nearest "
+        "the group's mean feature) at --threshold minus --slack, so that chains of small "
+        "steps do not merge unrelated images; the representative kept is the largest "
+        "original resolution, then the largest file, then the lowest id. "
         "Writes duplicates/groups.json, groups.csv and remove-list.txt (for `python -m "
         "workflow remove --from-file`). A new --threshold regroups without searching "
         "again.")),

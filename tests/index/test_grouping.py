@@ -41,13 +41,28 @@ def _angles(step_degrees: float, n: int) -> np.ndarray:
 def test_a_chain_of_small_steps_does_not_become_one_group():
     x = _angles(10, 12)  # neighbours 0.985 apart, the ends far apart
     a, b = np.arange(11), np.arange(1, 12)
-    groups = group(a, b, pick=lambda ids: int(ids.min()),
-                   similarity=lambda rep, ids: x[ids] @ x[rep], threshold=0.97, slack=0.02)
-    assert all(len(m) <= 2 for _, m, _ in groups)  # floor 0.95 is 18 degrees: one step
-    assert sorted(int(i) for _, m, _ in groups for i in m) == list(range(12))
-    for rep, members, scores in groups:
-        assert members[0] == rep and scores[0] == 1.0 and (scores >= 0.95).all()
+    groups = group(a, b, pick=lambda ids: int(ids.min()), vectors=lambda ids: x[ids],
+                   threshold=0.97, slack=0.02)
+    # floor 0.95 is 18 degrees: one step either side of a centre; what is left between
+    # two groups stays alone
+    assert sorted(sorted(m.tolist()) for _, m, _, _ in groups) == [[0, 1, 2], [4, 5, 6],
+                                                                   [8, 9, 10]]
+    for rep, members, scores, centre in groups:
+        assert members[0] == rep and scores[0] == 1.0 and centre in members
+        assert (x[members] @ x[centre] >= 0.95).all()
         assert np.allclose(scores, x[members] @ x[rep])
+
+
+def test_edits_of_one_original_stay_together_whichever_is_kept():
+    x = _angles(12, 3)[[1, 0, 2]]  # id 0: the original (12 degrees); 1, 2: edits (0, 24)
+    a, b = np.array([0, 0]), np.array([1, 2])  # each edit links to the original only
+    groups = group(a, b, pick=lambda ids: int(ids.max()), vectors=lambda ids: x[ids],
+                   threshold=0.97, slack=0.02)
+    assert len(groups) == 1
+    rep, members, scores, centre = groups[0]
+    assert (rep, centre, sorted(members.tolist())) == (2, 0, [0, 1, 2])
+    assert scores.tolist() == pytest.approx([1.0, float(np.cos(np.radians(12))),
+                                             float(np.cos(np.radians(24)))])
 
 
 def test_groups_do_not_depend_on_the_order_of_the_input():
@@ -60,12 +75,14 @@ def test_groups_do_not_depend_on_the_order_of_the_input():
 
     def run(order):
         return group(a[order], b[order], pick=lambda ids: int(ids.max()),
-                     similarity=lambda rep, ids: x[ids] @ x[rep], threshold=0.5, slack=1.0)
+                     vectors=lambda ids: x[ids], threshold=0.5, slack=0.4)
     first = run(np.arange(len(a)))
     again = run(rng.permutation(len(a)))
-    assert [(r, m.tolist(), s.tolist()) for r, m, s in first] == \
-        [(r, m.tolist(), s.tolist()) for r, m, s in again]
-    assert [len(m) for _, m, _ in first] == sorted((len(m) for _, m, _ in first), reverse=True)
+    assert [(r, m.tolist(), s.tolist(), c) for r, m, s, c in first] == \
+        [(r, m.tolist(), s.tolist(), c) for r, m, s, c in again]
+    assert [len(m) for _, m, _, _ in first] == sorted((len(m) for _, m, _, _ in first),
+                                                       reverse=True)
+    assert len(first) > 1
 
 
 @pytest.mark.parametrize("pixels, sizes, rep, why", [

@@ -60,9 +60,12 @@ def test_planted_groups_are_found_and_chains_are_cut(built, tmp_path):
     assert out["threshold_from"] == "given" and out["corpus"] == "1.0"
     sets = {frozenset(g["ids"]) for g in out["groups"]}
     assert frozenset({10, 250, 480}) in sets and frozenset({20, 21}) in sets
+    x = planted()
     for g in out["groups"]:
-        assert g["ids"][0] == g["representative"] and g["scores"][0] == 1.0
-        assert all(s >= 0.95 for s in g["scores"]) and g["reason"]
+        assert g["ids"][0] == g["representative"] and g["scores"][0] == 1.0 and g["reason"]
+        ids = np.array(g["ids"])
+        assert np.allclose(g["scores"], x[ids] @ x[g["representative"]], atol=2e-3)
+        assert (x[ids] @ x[g["centre"]] >= 0.95 - 2e-3).all()
         assert g["keys"] == [f"class{i % 5}/img{i:04d}.jpg" for i in g["ids"]] or g["keys"]
         chain = sorted(set(g["ids"]) & set(CHAIN))
         assert not chain or chain[-1] - chain[0] <= 2  # one step each side at most

@@ -43,14 +43,21 @@ def _recall(q: dict) -> float:
     return sum(q["by_kind"][k]["recall"] for k in kinds) / len(kinds)
 
 
-def test_the_measured_threshold_finds_near_copies_precisely(measured):
+def test_the_measured_threshold_meets_the_quality_goal(measured):
+    """The goal at the default threshold: pair precision >= 0.98, recall >= 0.90 over
+    every edit but the flip (measured: 1.0 and 0.98)."""
     groups, ours, _ = measured
     assert groups["threshold_from"] == "measured" and 0.9 <= groups["threshold"] <= 0.99
-    assert ours["precision"] >= 0.97, ours
-    assert _recall(ours) >= 0.85, ours
-    for kind in ("jpeg", "light", "text"):
+    assert ours["precision"] >= 0.98, ours
+    assert _recall(ours) >= 0.90, ours
+    for kind in ("downscale", "jpeg", "light", "text", "rotate"):
         assert ours["by_kind"][kind]["recall"] >= 0.9, (kind, ours)
-    assert ours["by_kind"]["downscale"]["recall"] >= 0.8, ours  # 0.87 measured
+
+
+def test_more_recall_than_a_perceptual_hash_at_equal_precision(measured):
+    _, ours, phash = measured
+    best = max(_recall(q) for q in phash.values() if q["precision"] >= ours["precision"])
+    assert _recall(ours) > best, (ours, best)  # measured: 0.98 against 0.93 (distance 12)
 
 
 def test_the_cnn_finds_what_a_perceptual_hash_cannot(measured):

@@ -7,9 +7,10 @@
   calibration`) and what it was measured on.
 - `duplicates/groups.json`: `{"threshold", "threshold_from" (given, measured or
   fallback), "slack", "k", "corpus", "shards", "groups": [{"representative", "reason",
-  "ids", "keys", "scores"}]}`, the largest groups first;
+  "ids", "keys", "scores", "centre"}]}`, the largest groups first;
   each group lists its representative first, then the others by descending similarity
-  to it (`scores`, 1.0 for the representative).
+  to it (`scores`, 1.0 for the representative); `centre` is the member every other
+  reached to stay in the group (`index.grouping`).
 - `duplicates/groups.csv`: id, key, group, representative, score: a row per grouped image.
 - `duplicates/remove-list.txt`: the keys of every grouped image that is not its group's
   representative, one a line, for `python -m workflow remove --from-file`.

@@ -3,13 +3,19 @@
 Links: every (image, neighbour) pair of the graph whose exact cosine similarity is at
 least `threshold`, in either direction (a neighbour found from one side is enough, so
 that 30 copies of one picture all link although each lists only k of the others).
-Components of the links are candidate groups. Then each group's representative is
-chosen (`representative_order`: largest original resolution, then largest file, then
-lowest id) and every member must reach the representative itself at `threshold -
-slack` or more; members that do not are taken out and grouped again among themselves by
-the same rule, until every group holds. A chain of small steps (A~B, B~C, ... far from
-A) therefore cannot make one giant group: whatever is far from the representative
-leaves it. The result does not depend on the order of the input.
+Components of the links are candidate groups. Every member must then reach the
+component's centre, the member nearest the mean of its features, at `threshold - slack`
+or more; members that do not are taken out and grouped again among themselves by the
+same rule, until every group holds. A chain of small steps (A~B, B~C, ... far from A)
+therefore cannot make one giant group: whatever is far from the centre leaves it. The
+centre rather than the representative: near-copies are mostly edits of one original,
+each a step from it and two from each other, and the representative (`pick`, e.g.
+`representative_order`: largest original resolution, then largest file, then lowest
+id) is often one of the edits (a copy re-saved at a higher JPEG quality is the larger
+file); checked against it, a downscaled copy (one step from the original, two from the
+re-saved one) left its group. The centre of a star of edits is their original. Each
+member's score is its similarity to the representative. The result does not depend on
+the order of the input.
 """
 from __future__ import annotations
 
@@ -68,29 +74,35 @@ def components(a: np.ndarray, b: np.ndarray) -> list[tuple[np.ndarray, np.ndarra
 
 
 def group(a: np.ndarray, b: np.ndarray, pick: Callable[[np.ndarray], int],
-          similarity: Callable[[int, np.ndarray], np.ndarray], threshold: float,
-          slack: float, close: Callable | None = None) -> list[tuple[int, np.ndarray,
-                                                                      np.ndarray]]:
+          vectors: Callable[[np.ndarray], np.ndarray], threshold: float, slack: float,
+          close: Callable | None = None) -> list[tuple[int, np.ndarray, np.ndarray, int]]:
     """Groups as (representative, members with the representative first then by
-    descending score and id, each member's similarity to the representative), the
-    largest first. `pick(ids)` chooses a representative; `similarity(rep, ids)` gives
-    exact similarities. Every member reaches its representative at `threshold - slack`,
-    or is `close(rep, ids, similarities)` to it by another measure."""
+    descending score and id, each member's similarity to the representative, the
+    group's centre), the largest first. `vectors(ids)` gives the ids' unit-length
+    features; `pick(ids)` chooses the representative among a group's members. Every
+    member reaches the centre (the member nearest the mean of its component's features)
+    at `threshold - slack`, or is `close(centre, ids, similarities)` to it by another
+    measure."""
     floor = threshold - slack
     out = []
     todo = components(a, b)
     while todo:
         ids, ca, cb = todo.pop()
-        rep = pick(ids)
-        s = np.asarray(similarity(rep, ids), np.float32)
-        s[ids == rep] = 1.0
-        near = (s >= floor) | (ids == rep)
+        v = np.asarray(vectors(ids), np.float32)
+        centre = int(np.argmax(v @ v.mean(axis=0)))  # the lowest id of equals
+        s = v @ v[centre]
+        s[centre] = 1.0
+        near = s >= floor
+        near[centre] = True
         if close is not None:
-            near |= close(rep, ids, s)
+            near |= close(int(ids[centre]), ids, s)
         if near.sum() >= 2:
-            members, scores = ids[near], s[near]
+            members, mv = ids[near], v[near]
+            rep = pick(members)
+            scores = mv @ mv[int(np.flatnonzero(members == rep)[0])]
+            scores[members == rep] = 1.0
             order = np.lexsort((members, -scores, members != rep))
-            out.append((int(rep), members[order], scores[order]))
+            out.append((int(rep), members[order], scores[order], int(ids[centre])))
         rest = ids[~near]
         if len(rest) >= 2:  # grouped again among themselves, by the same links
             inside = np.isin(ca, rest) & np.isin(cb, rest)

@@ -6,9 +6,12 @@
    killed run resumes at the first shard not done, and an update of the corpus adds
    units for its new shards only (their neighbours reach the older images, and a link
    needs only one side).
-2. Grouping (`index.grouping`): links at or above `--threshold`, components, then every
-   member must reach its group's representative at `--threshold - --slack` (no chains).
-   The exact byte duplicates preprocess found are grouped too, with their original.
+2. Grouping (`index.grouping`): links at or above `--threshold`, or down to 0.20 below
+   it where the two images' pHashes agree (`inputs.hashing`: near-exact copies whose
+   similarity a small original made drop); components; then every member must reach
+   its group's centre at `--threshold - --slack` (no chains). The representative is
+   the largest original resolution, then the largest file, then the lowest id. The
+   exact byte duplicates preprocess found are grouped too, with their original.
    Removed images are left out. Cheap next to step 1: a different threshold regroups
    without searching again.
 3. `duplicates/groups.csv`, `remove-list.txt`, then `groups.json` last (`formats.
@@ -67,8 +70,9 @@ class DuplicatesConfig(StageConfig):
                                   "what 90%% of edited copies of a sample of its images "
                                   "reach with its model; 0.90 for features of another "
                                   "origin)", type=float, group=GROUP, shown="calibrated")
-    slack: float = opt(0.02, "every member of a group must reach its representative at "
-                       "threshold - slack (stops chains of small steps)", type=float,
+    slack: float = opt(0.02, "every member of a group must reach its centre (the member "
+                       "nearest the group's mean feature) at threshold - slack (stops "
+                       "chains of small steps)", type=float,
                        group=GROUP)
     k: int = opt(10, "nearest images looked at for each image", type=int, group=GROUP)
     nprobe: int = opt(16, "inverted lists scanned for each image", type=int, group=GROUP)
@@ -231,22 +235,23 @@ def _find_groups(store, searcher: Searcher, plan, pairs: tuple, alias: np.ndarra
         reasons[rep] = why
         return rep
 
-    def similarity(rep: int, group_ids: np.ndarray) -> np.ndarray:
+    def vectors(group_ids: np.ndarray) -> np.ndarray:
         rows, inv = np.unique(alias[group_ids], return_inverse=True)  # sorted reads
-        out = np.asarray(xb[rows], np.float32)[inv] @ np.asarray(xb[alias[rep]], np.float32)
+        out = np.asarray(xb[rows], np.float32)[inv]
         calls[0] += 1
         if calls[0] % RELEASE_EVERY == 0:  # groups all over the store: see _neighbours
             searcher.release_pages()
         return out
 
-    def close(rep: int, group_ids: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(rep), group_ids)
+    def close(centre: int, group_ids: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return (s >= threshold - HASH_MARGIN) & hashes.near(np.int64(centre), group_ids)
 
     with Timeit(f"grouping {len(a):,} links", logging.INFO):
-        found = group(a, b, pick, similarity, threshold, slack, close)
+        found = group(a, b, pick, vectors, threshold, slack, close)
     return [{"representative": rep, "reason": reasons[rep], "ids": members.tolist(),
              "keys": [plan.keys[i] for i in members.tolist()],
-             "scores": [round(float(s), 6) for s in scores]} for rep, members, scores in found]
+             "scores": [round(float(s), 6) for s in scores], "centre": centre}
+            for rep, members, scores, centre in found]
 
 
 def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
