@@ -144,20 +144,25 @@ def read_item(store: Store, rel: str, offset: int) -> dict:
                 "reason": f["reason"].asstr()[offset]}
 
 
-def orig_sizes(store: Store, bounds: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Original (width, height) of each id [n, 2] (0 where its shard is not committed),
-    reading each image shard that holds some of them once."""
+def by_image_shard(store: Store, bounds: np.ndarray, ids: np.ndarray):
+    """For each committed image shard holding some of `ids`: (its marker, the positions
+    in `ids` of those it holds, their row offsets in the shard)."""
     ids = np.asarray(ids, np.int64)
-    out = np.zeros((len(ids), 2), np.int64)
     shards = np.searchsorted(bounds, ids, side="right") - 1
     for s in np.unique(shards).tolist():
         m = store.marker(PREPROCESS, shard_name(s))
-        if m is None:
-            continue
-        rows = np.flatnonzero(shards == s)
+        if m is not None:
+            rows = np.flatnonzero(shards == s)
+            yield m, rows, ids[rows] - int(bounds[s])
+
+
+def orig_sizes(store: Store, bounds: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Original (width, height) of each id [n, 2] (0 where its shard is not committed),
+    reading each image shard that holds some of them once."""
+    out = np.zeros((len(ids), 2), np.int64)
+    for m, rows, offsets in by_image_shard(store, bounds, ids):
         with store.fs.open(store.path(m.path), "rb") as fh, h5py.File(fh, "r") as f:
             sizes = f["orig_size"][:]
-        offsets = ids[rows] - int(bounds[s])
         inside = offsets < len(sizes)  # a shard without its items' rows: unknown (0)
         out[rows[inside]] = sizes[offsets[inside]]
     return out
@@ -167,14 +172,9 @@ def stored_jpegs(store: Store, bounds: np.ndarray, ids: list[int]) -> dict[int, 
     """The stored JPEG of each id (sorted ids; none for an id whose shard is not
     committed), reading each image shard that holds some of them once."""
     out: dict[int, bytes] = {}
-    shards = np.searchsorted(bounds, np.asarray(ids, np.int64), side="right") - 1
-    for s in np.unique(shards).tolist():
-        m = store.marker(PREPROCESS, shard_name(s))
-        if m is None:
-            continue
-        members = [i for i, sh in zip(ids, shards.tolist()) if sh == s]
-        jpegs = read_stored_jpegs(store, m.path, [i - int(bounds[s]) for i in members])
-        out.update(zip(members, jpegs))
+    for m, rows, offsets in by_image_shard(store, bounds, ids):
+        jpegs = read_stored_jpegs(store, m.path, offsets.tolist())
+        out.update(zip((ids[r] for r in rows.tolist()), jpegs))
     return out
 
 
