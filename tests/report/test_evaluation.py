@@ -27,3 +27,17 @@ def test_the_tuned_table_and_the_defaults_come_from_the_tuned_points():
     d = search_defaults(r)
     assert d["ivfpq+rerank"] == {"nprobe": 8} and d["default_mode"] == "ivfpq+rerank"
     assert d["target_recall"] == 0.95
+
+
+def test_the_default_mode_is_the_cheapest_that_reaches_the_target():
+    r = _report()
+    point = r["tuned"]["ivfpq+rerank"]
+    r["tuned"] = {"exact": {**point, "params": {}, "p50_ms": 0.06, "recall@10": 1.0},
+                  "ivfpq": {**point, "p50_ms": 0.05, "recall@10": 0.6, "target_met": False},
+                  "hierarchical": {**point, "p50_ms": 0.4}}
+    assert search_defaults(r)["default_mode"] == "exact"  # perfect and fastest: a small corpus
+    r["tuned"]["exact"]["p50_ms"] = 250.0  # a full scan of a large one
+    assert search_defaults(r)["default_mode"] == "hierarchical"
+    for t in r["tuned"].values():
+        t["target_met"] = False
+    assert search_defaults(r)["default_mode"] == "exact"  # none does: the closest

@@ -214,12 +214,13 @@ class Searcher:
             raise ConfigError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
         return replace(self.defaults[mode], **given).validate()
 
-    def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str = "hierarchical",
+    def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str | None = None,
                        params: SearchParams | None = None,
                        exclude: np.ndarray | None = None):
-        """Top k of float32 queries [nq, d] in `mode`; `exclude` (one id per query, -1 for
-        none) is left out of each query's results. No cache. Returns (D, I)."""
-        check_mode(mode)
+        """Top k of float32 queries [nq, d] in `mode` (default: the tuned default mode);
+        `exclude` (one id per query, -1 for none) is left out of each query's results.
+        No cache. Returns (D, I)."""
+        mode = check_mode(mode or self.default_mode)
         p = params or self.defaults[mode]
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         assert xq.ndim == 2 and xq.shape[1] == self.d, f"queries must be [nq, {self.d}]"

@@ -9,7 +9,8 @@
   tie-aware recall@10, single-query latency p50/p95/p99 and batch queries/s (k=10), and
   each query's top 10 at each setting.
 - `evaluation/search_defaults.json`: per mode, the cheapest measured parameters (lowest
-  p50 latency) that reach --target-recall; the `Searcher` uses them as its defaults.
+  p50 latency) that reach --target-recall, and the default mode: the cheapest of those
+  that reach it, `exact` included; the `Searcher` uses them as its defaults.
 - `evaluation/report.json`, `report.md`, `recall_vs_qps.png`, and precision@k by class
   where the corpus is organised in a folder per class.
 """
