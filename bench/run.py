@@ -65,6 +65,7 @@ SECTIONS = [
     Section("preprocess", "bench_preprocess.py", (), ("--quick",)),
     Section("extract", "bench_extract.py", (), ("--n", "64", "--rounds", "1")),
     Section("exact", "bench_exact.py", (), ("--quick",), ("sklearn",)),
+    Section("blas", "bench_blas.py", (), ("--n", "10000", "--repeat", "1")),
     Section("index", "bench_index.py", (), ("--n", "200000", *QUICK_INDEX)),
     Section("search", "bench_search.py", ("index",),
             ("index", "--store", "bench/out/index-quick/store", "--queries", "200")),

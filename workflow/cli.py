@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import WorkflowError
+from .execution import blas  # configured when the package was imported
 from .options import (
     DEFAULT_STORE,
     EXIT_ERROR,
@@ -312,6 +313,11 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if blas.state["kernel"]:
+        logger.info("Faiss's OpenBLAS: the %s kernel (%s)", blas.state["kernel"],
+                    blas.state["why"])
+    else:
+        logger.debug("Faiss's OpenBLAS: its own kernel choice (%s)", blas.state["why"])
 
 
 def run_command(name: str, argv: Sequence[str] | None) -> int:
