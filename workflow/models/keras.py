@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, WorkflowError
+from .quiet import import_tensorflow
 from .registry import (
     KERAS_APPS,
     Embedder,
@@ -26,21 +27,25 @@ logger = logging.getLogger(__name__)
 
 
 def select_backend() -> str:
-    """The Keras backend: $KERAS_BACKEND, else the first installed of TF, JAX, PyTorch."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    for name, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(module) is not None:
-            os.environ["KERAS_BACKEND"] = name
-            return name
-    raise WorkflowError("Keras needs a backend: pip install tensorflow (or jax, or torch)")
+    """The Keras backend: $KERAS_BACKEND, else the first installed of TF, JAX, PyTorch.
+    TensorFlow is imported here, quietly (`quiet`), before Keras imports it."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if not backend:
+        backend = next((name for name in ("tensorflow", "jax", "torch")
+                        if importlib.util.find_spec(name) is not None), None)
+        if backend is None:
+            raise WorkflowError("Keras needs a backend: pip install tensorflow (or jax, or "
+                                "torch)")
+        os.environ["KERAS_BACKEND"] = backend
+    if backend == "tensorflow":
+        import_tensorflow()
+    return backend
 
 
 def gpu_available() -> bool:
     backend = select_backend()
     if backend == "tensorflow":
-        import tensorflow as tf
-        return bool(tf.config.list_physical_devices("GPU"))
+        return bool(import_tensorflow().config.list_physical_devices("GPU"))
     if backend == "jax":
         import jax
         return any(d.platform == "gpu" for d in jax.devices())
@@ -78,7 +83,7 @@ def _compile(model, xla: bool, preprocessing: str):
         return model(apply_preprocessing(x, preprocessing), training=False)
     if not xla:
         return infer
-    import tensorflow as tf
+    tf = import_tensorflow()
     jitted = tf.function(lambda x: model(x, training=False), jit_compile=True)
     return lambda x: jitted(apply_preprocessing(x, preprocessing))
 

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, WorkflowError
+from .quiet import import_tensorflow
 from .registry import (
     PREPROCESSING,
     Embedder,
@@ -48,13 +49,7 @@ def interpreter_class():
     except ImportError:
         pass
     try:
-        from tensorflow.lite import Interpreter
-        return Interpreter, "tensorflow"
-    except ImportError:
-        pass
-    try:  # some TF builds only expose it through the attribute
-        import tensorflow as tf
-        return tf.lite.Interpreter, "tensorflow"
+        return import_tensorflow().lite.Interpreter, "tensorflow"
     except (ImportError, AttributeError) as e:
         raise WorkflowError(INSTALL_HELP) from e
 
