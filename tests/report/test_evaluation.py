@@ -36,6 +36,8 @@ def test_the_default_mode_is_the_cheapest_that_reaches_the_target():
                   "ivfpq": {**point, "p50_ms": 0.05, "recall@10": 0.6, "target_met": False},
                   "hierarchical": {**point, "p50_ms": 0.4}}
     assert search_defaults(r)["default_mode"] == "exact"  # perfect and fastest: a small corpus
+    r["tuned"]["hierarchical"]["p50_ms"] = 0.058
+    assert search_defaults(r)["default_mode"] == "exact"  # as fast, within noise, and exact
     r["tuned"]["exact"]["p50_ms"] = 250.0  # a full scan of a large one
     assert search_defaults(r)["default_mode"] == "hierarchical"
     for t in r["tuned"].values():

@@ -1,16 +1,21 @@
 """Query embedding: images preprocessed and embedded exactly as the corpus was."""
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from ..errors import BadQuery, WorkflowError
+from ..errors import BadQuery, ConfigError, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
 from ..models.registry import Embedder, ModelSpec, l2_normalize
 from ..storage.store import Store
+
+logger = logging.getLogger(__name__)
 
 
 class QueryEmbedder:
@@ -56,3 +61,32 @@ def read_query_file(path) -> bytes:
     except OSError as e:
         raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
                             "check the path") from None
+
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def query_files(folder: str) -> list[Path]:
+    """The image files under a folder of query images, sorted."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def embed_query_dir(folder: str, embedder, progress: bool):
+    """(ids: -1 each, float32 features, keys relative to the folder) of the query images
+    under `folder`; an image that cannot be used is skipped with a warning."""
+    files = query_files(folder)
+    if not files:
+        raise ConfigError(f"--query-dir {folder} holds no images "
+                          f"({', '.join(sorted(IMAGE_EXTS))})")
+    xs, keys = [], []
+    for p in tqdm(files, desc="embed queries", unit="img", mininterval=1.0,
+                  disable=not progress):
+        try:
+            xs.append(embedder.embed([str(p)])[0])
+            keys.append(str(p.relative_to(folder)))
+        except WorkflowError as e:
+            logger.warning("query image skipped: %s", e)
+    if not xs:
+        raise WorkflowError(f"no image in --query-dir {folder} could be used")
+    return np.full(len(xs), -1, np.int64), np.stack(xs).astype(np.float32), np.array(keys)

@@ -116,6 +116,12 @@ class Searcher:
             mm.madvise(mmap.MADV_DONTNEED)
 
     @cached_property
+    def _exact_rows(self) -> np.ndarray:
+        """The re-rank store for exact search: as float32 once where that takes 64 MB or
+        less (a small corpus: not converted again for every query), else as stored."""
+        return np.asarray(self.xb, np.float32) if self.xb.size <= 16 << 20 else self.xb
+
+    @cached_property
     def valid(self) -> np.ndarray:
         """valid[id]: the id has a feature (a non-zero row of the re-rank store)."""
         xb = self.xb.view(np.uint16)
@@ -228,7 +234,7 @@ class Searcher:
         _, removed = self.removals()
         if mode == "exact":
             allowed = self.valid & ~removed if removed.any() else self.valid
-            D, I = exact_search(xq, rerank_store_blocks(self.xb, allowed), kk)
+            D, I = exact_search(xq, rerank_store_blocks(self._exact_rows, allowed), kk)
         elif mode == "ivfpq":
             D, I = self._ivfpq(xq, kk, p.nprobe)
         else:

@@ -5,9 +5,11 @@
 - `evaluation/groundtruth.npz`: the queries and their exact top 100, computed block by
   block over the feature shards (GPU where Faiss has one), checkpointed while it runs
   (`groundtruth-partial.npz`), so a killed evaluation resumes and a later one reuses it.
-- `evaluation/sweep-<mode>.npz`: per mode, a sweep of its parameters: recall@1/10/100, a
-  tie-aware recall@10, single-query latency p50/p95/p99 and batch queries/s (k=10), and
-  each query's top 10 at each setting.
+- `evaluation/sweep-<mode>.npz`: per mode, a sweep of its parameters: at every setting
+  recall@1/10, a tie-aware recall@10 and queries/s in batches (k=10), and each query's
+  top 10; at the settings that decide the tuning (`search.measure.to_time`: the 3 with
+  the most queries/s that reach the target; every one with --full-sweep), single-query
+  latency p50/p95/p99 and recall@100 too.
 - `evaluation/search_defaults.json`: per mode, the cheapest measured parameters (lowest
   p50 latency) that reach --target-recall, and the default mode: the cheapest of those
   that reach it, `exact` included; the `Searcher` uses them as its defaults.
@@ -17,17 +19,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DeadlineReached, WorkflowError
+from ..errors import DeadlineReached, WorkflowError
 from ..formats.evaluation import (
     commit_bytes,
     commit_npz,
@@ -63,8 +65,9 @@ from ..report.evaluation import (
     search_defaults,
     tuned_table,
 )
-from ..search.measure import cache_check, measure, sample_query_ids, sweep_grid, tune
+from ..search import measure as meter
 from ..search.modes import MODE_PARAMS, MODES
+from ..search.query import embed_query_dir, query_files
 from ..search.searcher import Searcher
 from ..storage.store import Store
 from ..utils import Timeit, cpu_name
@@ -76,7 +79,6 @@ STAGE = EVALUATE
 K_GT = 100
 GROUP = "evaluation"
 GRID_VERSION = 2
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,15 @@ class EvaluateConfig(StageConfig):
                                  choices=MODES, metavar="MODE", group=GROUP,
                                  shown="all", to_config=tuple)
     seed: int = opt(0, "seed of the query sample", type=int, flag="--eval-seed", group=GROUP)
-    latency_queries: int = opt(200, "single queries timed per setting (exact: 3 to 20, fewer "
-                               "for larger corpora)", type=int, group=GROUP)
+    latency_queries: int = opt(200, "single queries timed per timed setting (exact: 3 to 20, "
+                               "fewer for larger corpora)", type=int, group=GROUP)
     labels: str = opt("auto", "precision@k by class where every image is in a class folder",
                       choices=["auto", "none"], group=GROUP)
     remeasure: bool = opt(False, "measure the sweeps again (the exact ground truth is kept)",
                           action="store_true", group=GROUP)
+    full_sweep: bool = opt(False, "time every setting one query at a time, not only the "
+                           "fastest few that reach the target (slow; for the full table)",
+                           action="store_true", group=GROUP)
     checkpoint_seconds: float = opt(30.0, "how often the exact search saves its progress to "
                                     "the store", type=float, group=GROUP)
     batch_size: int = 256
@@ -179,28 +184,22 @@ def _settings(cfg: EvaluateConfig) -> dict:
     """What the ground truth depends on (timings and tuning are re-done at will)."""
     s = {"queries": cfg.queries, "seed": cfg.seed, "k": K_GT}
     if cfg.query_dir:
-        files = _query_files(cfg.query_dir)
+        files = query_files(cfg.query_dir)
         s = {"query_dir": os.path.abspath(cfg.query_dir), "k": K_GT,
-             "query_files": _digest([(str(p.relative_to(cfg.query_dir)), p.stat().st_size)
+             "query_files": _sha([(str(p.relative_to(cfg.query_dir)), p.stat().st_size)
                                      for p in files])}
     return s
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
 
 
 def _parent(run: StageRun) -> str:
     return "+".join(fp for fp in map(run.frozen_fingerprint, (ADD, PREFILTER)) if fp)
 
 
-def _digest(obj) -> str:
-    import hashlib
-    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------ queries + ground truth
-
-def _query_files(folder: str) -> list[Path]:
-    root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
 
 def _queries(run: StageRun, searcher: Searcher) -> dict:
     """The queries and their exact top K_GT: from the store, or computed and committed."""
@@ -209,9 +208,10 @@ def _queries(run: StageRun, searcher: Searcher) -> dict:
     if not of_corpus(store.marker(STAGE, "groundtruth"), corpus):
         _, removed = searcher.removals()
         if cfg.query_dir:
-            qids, xq, qkeys = _embed_query_dir(cfg.query_dir, searcher, cfg.progress)
+            qids, xq, qkeys = embed_query_dir(cfg.query_dir, searcher.embedder,
+                                                   cfg.progress)
         else:
-            qids = sample_query_ids(searcher.xb, cfg.queries, cfg.seed, removed)
+            qids = meter.sample_query_ids(searcher.xb, cfg.queries, cfg.seed, removed)
             xq = np.asarray(searcher.xb[qids], np.float32)
             qkeys = np.array([f"id:{i}" for i in qids])
         D, I = _ground_truth(run, xq, qids, removed, corpus)
@@ -224,23 +224,6 @@ def _queries(run: StageRun, searcher: Searcher) -> dict:
 def corpus_id(store: Store) -> str:
     """The corpus the store holds now (`formats.evaluation.corpus_id`)."""
     return make_corpus_id(corpus_version(store), removal_version(store))
-
-
-def _embed_query_dir(folder: str, searcher: Searcher, progress: bool):
-    files = _query_files(folder)
-    if not files:
-        raise ConfigError(f"--query-dir {folder} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-    xs, keys = [], []
-    for p in tqdm(files, desc="embed queries", unit="img", mininterval=1.0,
-                  disable=not progress):
-        try:
-            xs.append(searcher.embedder.embed([str(p)])[0])
-            keys.append(str(p.relative_to(folder)))
-        except WorkflowError as e:
-            logger.warning("query image skipped: %s", e)
-    if not xs:
-        raise WorkflowError(f"no image in --query-dir {folder} could be used")
-    return np.full(len(xs), -1, np.int64), np.stack(xs).astype(np.float32), np.array(keys)
 
 
 def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: str):
@@ -288,27 +271,46 @@ def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.n
 # ------------------------------------------------------------------ the sweep
 
 def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
-    """The mode's sweep: from the store, or measured and committed."""
-    store, unit = run.store, f"sweep-{mode}"
+    """The mode's sweep: recall and queries/s in batches at each setting not `dominated`
+    by one that reached the target, latency at those `to_time` picks (every setting
+    with --full-sweep); from the store, measured where missing (a new target may want
+    other settings timed, a higher one the settings passed over), and committed."""
+    import faiss
+    store, unit, cfg = run.store, f"sweep-{mode}", run.cfg
     m = store.marker(STAGE, unit)
     corpus = corpus_id(store)
-    if not of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION:  # measured otherwise
+    grid = meter.sweep_grid(mode, faiss.extract_index_ivf(searcher.index).nlist,
+                            int(searcher.index.ntotal))
+    fresh = not of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION or \
+        cfg.target_recall > (m.extra.get("pruned_for") or 1.0)  # passed over what it needs
+    if fresh:
         run.check_deadline()
-        import faiss
-        nlist = faiss.extract_index_ivf(searcher.index).nlist
-        grid = sweep_grid(mode, nlist, int(searcher.index.ntotal))
-        points, results = [], []
-        for p in tqdm(grid, desc=f"sweep {mode}", unit="setting",
-                      disable=not run.cfg.progress):
-            point, I = measure(run.cfg, searcher, mode, p, q, K_GT)
+        points, results, reached = [], [], []
+        for p in tqdm(grid, desc=f"sweep {mode}", unit="setting", disable=not cfg.progress):
+            if not cfg.full_sweep and meter.dominated(p.for_mode(mode), reached):
+                continue
+            point, I = meter.measure(cfg, searcher, mode, p, q)
             points.append(point)
             results.append(I)
+            if point["recall@10"] >= cfg.target_recall:
+                reached.append(point["params"])
+        I = np.stack(results)
+    else:
+        points, I = [dict(p) for p in m.extra["points"]], load_npz(store, m)["I"]
+    wanted = range(len(points)) if cfg.full_sweep else meter.to_time(points, cfg.target_recall)
+    todo = [i for i in wanted if points[i].get("p50_ms") is None]
+    if todo:
+        run.check_deadline()
+    for i in tqdm(todo, desc=f"time {mode}", unit="setting", disable=not cfg.progress):
+        points[i].update(meter.time_setting(cfg, searcher, mode, meter.params_of(points[i]),
+                                            q, K_GT))
+    if fresh or todo:
         run.lease.check()
         commit_npz(store, sweep_file(mode), unit, run.fp,
-                   {"points": points, "grid": GRID_VERSION, "corpus": corpus},
-                   I=np.stack(results))
-        m = store.marker(STAGE, unit)
-    return {"points": m.extra["points"], "I": load_npz(store, m)["I"]}
+                   {"points": points, "grid": GRID_VERSION, "corpus": corpus, "pruned_for":
+                    (None if cfg.full_sweep else cfg.target_recall) if fresh
+                    else m.extra.get("pruned_for")}, I=I)
+    return {"points": points, "I": I}
 
 
 # ------------------------------------------------------------------ the report
@@ -317,7 +319,7 @@ def _report(cfg, store: Store, searcher: Searcher, q: dict, sweeps: dict) -> dic
     import faiss
     tuned = {}
     for mode, s in sweeps.items():
-        i, met = tune(s["points"], cfg.target_recall)
+        i, met = meter.tune(s["points"], cfg.target_recall)
         tuned[mode] = {**s["points"][i], "target_met": met, "point": i}
     cpu = cpu_name()
     report = {
@@ -330,7 +332,7 @@ def _report(cfg, store: Store, searcher: Searcher, q: dict, sweeps: dict) -> dic
         "target_recall": cfg.target_recall, "tie_epsilon": cfg.tie_epsilon,
         "tuned": tuned, "sweeps": {m: s["points"] for m, s in sweeps.items()},
         "precision": _precision(cfg, searcher, q, sweeps, tuned),
-        "cache": cache_check(searcher, q["xq"][:50], next(
+        "cache": meter.cache_check(searcher, q["xq"][:50], next(
             (m for m in ("hierarchical", "ivfpq+rerank") if m in tuned), "ivfpq")),
     }
     return report
