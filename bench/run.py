@@ -72,6 +72,8 @@ SECTIONS = [
     Section("update", "bench_update.py", (),
             ("--n", "200000", "--new", "20000", "--remove", "10000", "--out",
              "bench/out/update-quick")),
+    Section("evaluate", "bench_evaluate.py", (), ("--n", "1000", "--out",
+                                                 "bench/out/evaluate-quick")),
     Section("flowers", "bench_search.py", ("flowers",), None, ("assets",)),
     Section("spark", "bench_spark.py", (), ("--n", "64", "--rounds", "1"), ("pyspark",)),
     Section("e2e", "bench_e2e.py", (), ("--quick",), ("assets",)),
