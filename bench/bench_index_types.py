@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Index types at 2M x 1280: today's `IVF4096,PQ64` against 4-bit fast-scan PQ
+(`IVF4096,PQ128x4fs`, the same 64 bytes a vector) and RaBitQ (`IVF4096,RaBitQ`, one bit a
+dimension), each with the exact re-rank from the float16 store and as the IVF part of
+`hierarchical`.
+
+The base is a finished store of bench/bench_index.py (its index is the `IVF4096,PQ64`
+row). Every other index type gets a hard-linked copy of it (files are replaced, never
+written in place, so the base is safe) whose train, add, prefilter and evaluate stages are reset, then train
+(`--index-factory`), add and prefilter run in child processes, timed, and the evaluate
+stage tunes `ivfpq+rerank` and `hierarchical` for recall@10 0.99 (`--target-recall`);
+each row gives their p50 latency at that recall, the index file's size and train + add.
+
+    python bench/bench_index_types.py --base bench/out/index/store [--types PQ128x4fs RaBitQ]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workflow.utils import cpu_name  # noqa: E402
+
+
+def stage(store: Path, name: str, *extra: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "workflow", name, "--store", str(store),
+                    "--no-progress", *extra], cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def evaluate(store: Path) -> dict:
+    stage(store, "evaluate", "--remeasure", "--target-recall", "0.99", "--modes",
+          "ivfpq+rerank", "hierarchical")
+    rep = json.loads((store / "evaluation" / "report.json").read_text())
+    return {m: {k: t[k] for k in ("params", "recall@10", "p50_ms", "p99_ms", "target_met")}
+            for m, t in rep["tuned"].items()}
+
+
+def row(store: Path, factory: str, seconds: dict) -> dict:
+    return {"factory": factory, "seconds": seconds, "tuned": evaluate(store),
+            "index_mb": (store / "index" / "index.faiss").stat().st_size / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, required=True)
+    ap.add_argument("--types", nargs="*", default=["PQ128x4fs", "RaBitQ"])
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "index-types")
+    a = ap.parse_args()
+    base_factory = json.loads((a.base / "_done" / "train" / "index.json").read_text()
+                              )["factory"]
+    nlist = base_factory.split(",")[0]
+    rows = [row(a.base, base_factory, {})]
+    for kind in a.types:
+        store = a.out / kind
+        shutil.rmtree(store, ignore_errors=True)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", str(a.base), str(store)], check=True)
+        for name in ("train", "add", "prefilter", "evaluate"):
+            subprocess.run([sys.executable, "-m", "workflow", "reset", name, "--store",
+                            str(store), "--yes"], cwd=REPO, check=True, capture_output=True)
+        factory = f"{nlist},{kind}"
+        seconds = {"train": stage(store, "train", "--index-factory", factory),
+                   "add": stage(store, "add"), "prefilter": stage(store, "prefilter")}
+        rows.append(row(store, factory, seconds))
+    print(f"\n{dt.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()} | python bench/bench_index_types.py "
+          f"{' '.join(sys.argv[1:])}\n")
+    print("| index | index file | train s | add s | ivfpq+rerank at 0.99: setting, p50 ms "
+          "| hierarchical at 0.99: setting, p50 ms |")
+    print("|---|---:|---:|---:|---|---|")
+    for r in rows:
+        cells = []
+        for mode in ("ivfpq+rerank", "hierarchical"):
+            t = r["tuned"][mode]
+            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            flag = "" if t["target_met"] else f" (not reached: {t['recall@10']:.3f})"
+            cells.append(f"{params}{flag}, {t['p50_ms']:.2f}")
+        s = r["seconds"]
+        print(f"| {r['factory']} | {r['index_mb']:.0f} MB | {s.get('train', 0):.0f} | "
+              f"{s.get('add', 0):.0f} | {cells[0]} | {cells[1]} |")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "index_types.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
