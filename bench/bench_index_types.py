@@ -6,10 +6,11 @@ dimension), each with the exact re-rank from the float16 store and as the IVF pa
 
 The base is a finished store of bench/bench_index.py (its index is the `IVF4096,PQ64`
 row). Every other index type gets a hard-linked copy of it (files are replaced, never
-written in place, so the base is safe) whose train, add, prefilter and evaluate stages are reset, then train
-(`--index-factory`), add and prefilter run in child processes, timed, and the evaluate
-stage tunes `ivfpq+rerank` and `hierarchical` for recall@10 0.99 (`--target-recall`);
-each row gives their p50 latency at that recall, the index file's size and train + add.
+written in place, so the base is safe) whose train, add, prefilter and evaluate stages
+are reset; then train (`--index-factory`), add and prefilter run in child processes,
+timed, and the evaluate stage tunes `ivfpq+rerank` and `hierarchical` for recall@10
+0.99 (`--target-recall`); each row gives their p50 latency at that recall, the index
+file's size and train + add.
 
     python bench/bench_index_types.py --base bench/out/index/store [--types PQ128x4fs RaBitQ]
 """
