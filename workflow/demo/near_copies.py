@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..index.grouping import components
 from ..inputs.edits import KINDS, edited_jpeg
 from ..inputs.hashing import hamming
 
@@ -57,27 +58,20 @@ def same_picture(originals: list[tuple[str, Path]], max_difference: float = 2.0,
             for _, p in originals]
     small = np.array([cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA) for g in grey],
                      np.float32)
-    parent = list(range(len(originals)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    def join(i: int, j: int) -> None:
-        a, b = root(i), root(j)
-        parent[max(a, b)] = min(a, b)
-    for i in range(len(originals)):
-        for j in np.flatnonzero(np.abs(small[:i] - small[i]).mean(axis=(1, 2)) <= max_difference):
-            join(i, int(j))
+    pairs = [(int(j), i) for i in range(len(originals))
+             for j in np.flatnonzero(np.abs(small[:i] - small[i]).mean(axis=(1, 2))
+                                     <= max_difference)]
     keypoints = [(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1]))) for g in grey]
-    for i in range(len(originals)):
-        for j in range(i):
-            if originals[j][0] == originals[i][0] and root(i) != root(j) and max(
-                    _matches(keypoints[i][0], keypoints[j][0]),
-                    _matches(keypoints[i][1], keypoints[j][0])) >= min_inliers:
-                join(i, j)
-    return [root(i) for i in range(len(originals))]
+    pairs += [(j, i) for i in range(len(originals)) for j in range(i)
+              if originals[j][0] == originals[i][0] and max(
+                  _matches(keypoints[i][0], keypoints[j][0]),
+                  _matches(keypoints[i][1], keypoints[j][0])) >= min_inliers]
+    first = list(range(len(originals)))
+    a, b = (np.array(x, np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
+    for ids, _, _ in components(a, b):
+        for i in ids.tolist():
+            first[i] = int(ids[0])
+    return first
 
 
 def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
