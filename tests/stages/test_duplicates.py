@@ -157,16 +157,17 @@ def test_search_collapses_each_group_to_its_best_image(built, tmp_path):
     assert [r["id"] for r in json.loads(out)["results"]] == one.ids
 
 
-def test_the_calibrated_threshold_lets_90_percent_of_edits_through():
-    from workflow.stages.calibration import _choose
+def test_the_calibrated_threshold_lets_85_percent_of_edits_through():
+    from workflow.stages.calibration import REACHED_BY, _choose
+    assert REACHED_BY == 0.85
     rng = np.random.default_rng(0)
     kinds = np.array(["jpeg", "crop"] * 500)
     sims = np.where(kinds == "jpeg", rng.uniform(0.93, 0.99, 1000),
                     rng.uniform(0.80, 0.95, 1000)).astype(np.float32)
     got = _choose(sims, kinds, rng.uniform(0.1, 0.7, 4950), 100)
     assert got["calibrated"] and got["separable"] and got["sample"] == 100
-    assert got["threshold"] == np.floor(np.quantile(sims, 0.1) * 100) / 100
-    assert (sims >= got["threshold"]).mean() >= 0.9
+    assert got["threshold"] == np.floor(np.quantile(sims, 0.15) * 100) / 100
+    assert (sims >= got["threshold"]).mean() >= 0.85
     assert got["by_kind"]["crop"]["median"] < got["by_kind"]["jpeg"]["median"]
 
 
@@ -216,6 +217,8 @@ def test_review_pages_and_histogram_follow_the_groups(built, tmp_path, monkeypat
 
 
 def test_pairs_a_phash_confirms_let_the_threshold_stay_high():
+    """The recompressed copies (pHash links them) sit lower than the crops here: without
+    pHash, 85% of all edits set the threshold among them; with it, the crops do."""
     from workflow.stages.calibration import _choose
     kinds = np.array(["jpeg"] * 500 + ["crop"] * 500)
     sims = np.concatenate([np.linspace(0.80, 0.88, 500), np.linspace(0.93, 0.99, 500)])
@@ -227,6 +230,6 @@ def test_pairs_a_phash_confirms_let_the_threshold_stay_high():
 
     def linked(t):
         return np.mean((sims >= t) | (hashed & (sims >= t - HASH_MARGIN)))
-    assert plain["threshold"] == 0.81 and got["threshold"] > plain["threshold"] + 0.05
-    assert linked(got["threshold"]) >= 0.9 > linked(got["threshold"] + 0.01)
+    assert plain["threshold"] == 0.82 and got["threshold"] == 0.94
+    assert linked(got["threshold"]) >= 0.85 > linked(got["threshold"] + 0.01)
     assert got["linked_by_phash"] == 0.5 and got["separable"]

@@ -67,7 +67,7 @@ class DuplicatesConfig(StageConfig):
     """Settings of the duplicates stage; see `scripts/08_duplicates.py --help`."""
     threshold: float | None = opt(None, "cosine similarity at or above which two images "
                                   "are near-duplicates (default: measured on the store: "
-                                  "what 90%% of edited copies of a sample of its images "
+                                  "what 85%% of edited copies of a sample of its images "
                                   "reach with its model; 0.90 for features of another "
                                   "origin)", type=float, group=GROUP, shown="calibrated")
     slack: float = opt(0.02, "every member of a group must reach its centre (the member "
@@ -189,7 +189,7 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     corpus = corpus_id(corpus_version(store), removal_version(store))
     _, removed = load_removed(store)
     threshold, source = (cfg.threshold, "given") if cfg.threshold else \
-        _calibrated(run, searcher, removed, fp)
+        _calibrated(run, searcher, fp)
     settings = {"threshold": threshold, "threshold_from": source, "slack": cfg.slack,
                 "k": cfg.k, "corpus": corpus, "shards": len(units),
                 "report_groups": cfg.report_groups}
@@ -254,15 +254,14 @@ def _find_groups(store, searcher: Searcher, plan, pairs: tuple, alias: np.ndarra
             for rep, members, scores, centre in found]
 
 
-def _calibrated(run: StageRun, searcher: Searcher, removed: np.ndarray,
-                fp: str) -> tuple[float, str]:
+def _calibrated(run: StageRun, searcher: Searcher, fp: str) -> tuple[float, str]:
     """The threshold measured on the store (`calibration`), once: committed as
     duplicates/calibration.json and reused; and "measured" (or "fallback" where the
     store's model could not be loaded)."""
     m = run.store.marker(STAGE, "calibration")
     if m is None:
         with Timeit("calibrating the threshold on edited copies of a sample", logging.INFO):
-            result = calibrate(searcher, removed)
+            result = calibrate(searcher)
         path = run.work / "calibration.json"
         path.write_bytes(calibration_json(result))
         run.lease.check()
