@@ -76,11 +76,17 @@ class SparkShards:
 
     def __enter__(self) -> SparkShards:
         try:
+            from pyspark import SparkContext
             from pyspark.sql import SparkSession
         except ImportError:
             raise ConfigError("--executor spark needs PySpark: pip install -r "
                               "requirements-spark.txt (and Java 17 for local mode)") from None
         active = SparkSession.getActiveSession()
+        if active is None and SparkContext._active_spark_context is not None:
+            # a session of this process that is not this thread's active one (it is per
+            # thread, and loading some native libraries, OpenVINO's, loses it): still
+            # the caller's, to use and leave running
+            active = SparkSession.builder.getOrCreate()
         if active is not None:
             self.spark = active
             if self.master and active.sparkContext.master != self.master:

@@ -156,6 +156,7 @@ class KerasEmbedder(Embedder):
             self.model, native, default_prep = self._build_app(keras, spec)
         else:
             self.model, native, default_prep = self._load_file(keras, spec)
+        self.convertible = self._keras_model  # a Keras model, not a SavedModel layer
         self.preprocessing = spec.preprocessing or default_prep
         self._run = _compile(self.model, xla, self.preprocessing)
         self.input_size = spec.input_size or native
@@ -166,7 +167,8 @@ class KerasEmbedder(Embedder):
                      "backend": backend, "weights": spec.weights if spec.model in KERAS_APPS
                      else "file", "weights_sha256": self._digest(), "input_size":
                      self.input_size, "pooling": spec.pooling, "preprocessing":
-                     self.preprocessing, "mixed_precision": mixed_precision, "xla": xla}
+                     self.preprocessing, "mixed_precision": mixed_precision, "xla": xla,
+                     "runtime": "keras"}
 
     def _digest(self) -> str:
         if self.spec.model in KERAS_APPS or self._keras_model:

@@ -2,8 +2,12 @@
 application or the user's own), with float16 compute where it pays."""
 from __future__ import annotations
 
+import logging
+
 from ..errors import ConfigError
 from .registry import POOLING, Embedder, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 
 def load_embedder(spec: ModelSpec) -> Embedder:
@@ -17,11 +21,24 @@ def load_embedder(spec: ModelSpec) -> Embedder:
     return KerasEmbedder(spec)
 
 
-def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = False) -> Embedder:
+def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = False,
+                  runtime: str = "auto") -> Embedder:
     """The embedder for `spec`, with float16 compute where asked ("on") or, with "auto",
-    for a Keras model on a GPU."""
+    for a Keras model on a GPU; a Keras model runs on the CPU runtime `runtime` resolves
+    to (`converted`)."""
     if spec.model.lower().endswith(".tflite"):
         return load_embedder(spec)
+    from .converted import ConvertedEmbedder, choose_runtime
     from .keras import KerasEmbedder, gpu_available
     mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpu_available())
-    return KerasEmbedder(spec, mixed_precision=mixed, xla=xla)
+    keras_embedder = KerasEmbedder(spec, mixed_precision=mixed, xla=xla)
+    chosen = choose_runtime(runtime, keras_embedder)
+    if chosen == "keras":
+        return keras_embedder
+    try:
+        return ConvertedEmbedder(keras_embedder, chosen)
+    except ConfigError as e:
+        if runtime != "auto":
+            raise
+        logger.warning("%s; running Keras instead", e)
+        return keras_embedder

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\]"  # absl/glog lines: I, W or E, date, thread, file
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
     r"|To enable the following instructions: .*rebuild TensorFlow"
     r"|.*rebuild TensorFlow with the appropriate compiler flags)")
 

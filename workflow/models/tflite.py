@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, WorkflowError
-from .quiet import import_tensorflow
+from .quiet import import_tensorflow, native_stderr_filtered
 from .registry import (
     PREPROCESSING,
     Embedder,
@@ -66,9 +66,10 @@ def make_interpreter(path: str, preserve_all_tensors: bool = False):
         warnings.filterwarnings("ignore", category=UserWarning,
                                 message=r"(?s).*experimental_preserve_all_tensors")
         try:
-            interp = cls(model_path=path, num_threads=os.cpu_count() or 1,
-                         experimental_preserve_all_tensors=preserve_all_tensors)
-            interp.allocate_tensors()
+            with native_stderr_filtered(show_all=logger.isEnabledFor(logging.DEBUG)):
+                interp = cls(model_path=path, num_threads=os.cpu_count() or 1,
+                             experimental_preserve_all_tensors=preserve_all_tensors)
+                interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"--model {path}: not a usable TFLite model ({e})"[:500]) from e
     return interp, source
@@ -159,7 +160,7 @@ class TFLiteEmbedder(Embedder):
         self.info = {"model": os.path.basename(path), "kind": "tflite",
                      "weights_sha256": sha256_of_path(path), "input_size": self.input_size,
                      "pooling": spec.pooling, "preprocessing": self.preprocessing,
-                     "embedding_tensor": spec.embedding_tensor}
+                     "embedding_tensor": spec.embedding_tensor, "runtime": "tflite"}
 
     def _find_tensor(self, name: str) -> dict:
         details = self.interpreter.get_tensor_details()

@@ -31,6 +31,7 @@ from ..formats.images import read_for_model, skip_ids
 from ..formats.layout import EXTRACT, FEATURES, PREPROCESS, is_shard
 from ..formats.plan import preprocess_complete
 from ..inputs.imaging import MODEL_INPUT_VERSION
+from ..models.converted import RUNTIMES
 from ..models.loading import make_embedder
 from ..models.registry import (
     KERAS_APPS,
@@ -50,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 STAGE = EXTRACT
 # Recorded in the shards but left out of the fingerprint: they change features only
-# within float16 rounding, and a resume on another runtime must stay possible.
-NOT_FINGERPRINTED = ("backend", "mixed_precision", "xla")
+# within float16 rounding (a CPU runtime: within cosine 0.9999), and a resume on another
+# runtime must stay possible.
+NOT_FINGERPRINTED = ("backend", "mixed_precision", "xla", "runtime")
 MODEL = "model"
 
 
@@ -78,6 +80,11 @@ class ExtractConfig(StageConfig):
                                "GPU is present", choices=["auto", "on", "off"], group=MODEL)
     xla: bool = opt(False, "compile the model with XLA (TensorFlow backend). Measure first: "
                     "on some CPUs it is much slower", action="store_true", group=MODEL)
+    runtime: str = opt("auto", "what runs a Keras model: auto: OpenVINO (where installed) "
+                       "or TFLite/XNNPACK on a CPU, converted once and cached, Keras on a "
+                       "GPU; keras: Keras itself (the features of earlier releases, byte "
+                       "for byte); tflite, openvino: that runtime",
+                       choices=list(RUNTIMES), group=MODEL)
     workers: int = opt(help="decoding threads (or processes, with --executor process)",
                        type=int, shown="the number of cores - 1",
                        default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
@@ -165,14 +172,15 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     with StageRun(STAGE, cfg) as run:
         parent = _preprocess_fingerprint(run)
         with Timeit("loading the model", logging.INFO):
-            embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla)
+            embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla, cfg.runtime)
         fp = run.freeze(fingerprinted(cfg, embedder), parent)
         images = {u: m for u, m in run.store.markers(PREPROCESS).items() if is_shard(u)}
         done = run.store.markers(STAGE)
         pending = [u for u in sorted(images) if u not in done]
-        logger.info("extract: %d shards, %d done, %d to do; model %s, input %d px, dim %d",
-                    len(images), len(images) - len(pending), len(pending),
-                    embedder.info["model"], embedder.input_size, embedder.dim)
+        logger.info("extract: %d shards, %d done, %d to do; model %s (%s), input %d px, "
+                    "dim %d", len(images), len(images) - len(pending), len(pending),
+                    embedder.info["model"], embedder.info.get("runtime", "keras"),
+                    embedder.input_size, embedder.dim)
         cfg = resolve_executor(cfg, embedder)
         runner = ShardRunner(cfg, run.store, embedder, fp, skip_ids(run.store))
         complete = True
@@ -350,9 +358,9 @@ class ShardTask:
     def _run(self, unit: str, scratch: str) -> tuple[int, dict]:
         cfg = self.cfg
         key = ("embedder", json.dumps(dataclasses.asdict(cfg.spec())), cfg.mixed_precision,
-               cfg.xla)
+               cfg.xla, cfg.runtime)
         embedder = worker_cached(key, lambda: make_embedder(cfg.spec(), cfg.mixed_precision,
-                                                            cfg.xla))
+                                                            cfg.xla, cfg.runtime))
         if embedder.info["weights_sha256"] != self.weights:
             raise WorkflowError(f"the model loaded on this Spark executor has other weights "
                                 f"than the driver's ({cfg.model}, {cfg.weights}): give a "
