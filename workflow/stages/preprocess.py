@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -25,8 +24,9 @@ from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, task_cpus, work
 from ..formats.images import ImageShardWriter, read_outcomes, write_report
 from ..formats.layout import IMAGES, PREPROCESS, REPORT_FILE, is_shard, shard_name
 from ..formats.plan import Plan, load_plan, plan_markers, preprocess_complete
-from ..inputs.imaging import ImageOptions, ImageResult, Status, content_hash, preprocess_image
+from ..inputs.imaging import ImageOptions, ImageResult, Status
 from ..inputs.sources import Reader
+from ..inputs.worker import ImageWorker, on_failure, worker_init
 from ..options import opt
 from ..storage.store import RUN_FILE, Store
 from .base import StageConfig, StageRun
@@ -122,29 +122,6 @@ class PreprocessResult:
                 f"Store: {self.store}")
 
 
-def _worker_init() -> None:
-    cv2.setNumThreads(1)
-
-
-def _on_failure(chunk: list, kind: str, message: str) -> list[ImageResult]:
-    """The result of a one-image chunk whose worker hung or died."""
-    (data, _), = chunk
-    status = Status.TIMEOUT if kind == "timeout" else Status.CRASHED
-    return [ImageResult(int(status), message, b"", 0, 0, content_hash(data) if data else "")]
-
-
-class ImageWorker:
-    """The per-image job, applied to a chunk: [(bytes | None, read error)] -> [ImageResult].
-
-    Picklable; runs in the worker processes."""
-
-    def __init__(self, opts: ImageOptions):
-        self.opts = opts
-
-    def __call__(self, chunk: list) -> list[ImageResult]:
-        return [preprocess_image(data, self.opts, err) for data, err in chunk]
-
-
 def chunked(pairs, max_items: int = 16, max_bytes: int = 2 << 20):
     """Group (data, error) pairs into chunks of at most max_items and about max_bytes.
 
@@ -210,8 +187,8 @@ def _run_shards(run: StageRun, plan: Plan, pending: list[int], n_pending: int, f
         return
     check_sources_present(_used_sources(plan, pending))
     shard_times: list[float] = []
-    with make_executor(cfg.executor, fn, cfg.workers, cfg.image_timeout, _on_failure,
-                       init=_worker_init, env=_worker_env(cfg), split=True) as ex, bar, \
+    with make_executor(cfg.executor, fn, cfg.workers, cfg.image_timeout, on_failure,
+                       init=worker_init, env=_worker_env(cfg), split=True) as ex, bar, \
             Reader(plan.sources, threads=cfg.read_threads) as reader:
         for i in pending:
             run.check_deadline(np.mean(shard_times) if shard_times else 0.0)
@@ -297,7 +274,7 @@ class ShardTask:
         key = ("plan", *(m.sha256 for m in plan_markers(store)))
         plan = worker_cached(key, lambda: load_plan(store, f"{scratch}/plan.h5"))
         with make_executor("process", self.image_fn, task_cpus(), cfg.image_timeout,
-                           _on_failure, init=_worker_init, env=_worker_env(cfg),
+                           on_failure, init=worker_init, env=_worker_env(cfg),
                            split=True) as ex, \
                 Reader(plan.sources, threads=cfg.read_threads) as reader:
             return _process_shard(cfg, store, plan, i, self.fp, ex, reader, None)
