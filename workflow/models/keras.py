@@ -167,8 +167,7 @@ class KerasEmbedder(Embedder):
                      "backend": backend, "weights": spec.weights if spec.model in KERAS_APPS
                      else "file", "weights_sha256": self._digest(), "input_size":
                      self.input_size, "pooling": spec.pooling, "preprocessing":
-                     self.preprocessing, "mixed_precision": mixed_precision, "xla": xla,
-                     "runtime": "keras"}
+                     self.preprocessing, "mixed_precision": mixed_precision, "xla": xla}
 
     def _digest(self) -> str:
         if self.spec.model in KERAS_APPS or self._keras_model:

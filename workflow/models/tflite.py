@@ -160,7 +160,7 @@ class TFLiteEmbedder(Embedder):
         self.info = {"model": os.path.basename(path), "kind": "tflite",
                      "weights_sha256": sha256_of_path(path), "input_size": self.input_size,
                      "pooling": spec.pooling, "preprocessing": self.preprocessing,
-                     "embedding_tensor": spec.embedding_tensor, "runtime": "tflite"}
+                     "embedding_tensor": spec.embedding_tensor}
 
     def _find_tensor(self, name: str) -> dict:
         details = self.interpreter.get_tensor_details()

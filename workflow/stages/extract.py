@@ -179,7 +179,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         pending = [u for u in sorted(images) if u not in done]
         logger.info("extract: %d shards, %d done, %d to do; model %s (%s), input %d px, "
                     "dim %d", len(images), len(images) - len(pending), len(pending),
-                    embedder.info["model"], embedder.info.get("runtime", "keras"),
+                    embedder.info["model"], embedder.info.get("runtime", embedder.info["kind"]),
                     embedder.input_size, embedder.dim)
         cfg = resolve_executor(cfg, embedder)
         runner = ShardRunner(cfg, run.store, embedder, fp, skip_ids(run.store))

@@ -16,7 +16,7 @@ import faiss
 
 from ..errors import ConfigError
 from ..formats.features import draw_sample, feature_count, feature_markers
-from ..formats.index import write_trained
+from ..formats.index import plain_factory, write_trained
 from ..formats.layout import (
     ADD,
     EVALUATE,
@@ -98,9 +98,12 @@ class TrainResult:
 
 
 def make_index(d: int, factory: str) -> faiss.Index:
-    """An untrained index for inner product; a bad factory string is a ConfigError."""
+    """An untrained index for inner product; a bad factory string is a ConfigError. A
+    fast-scan IVF-PQ (`PQ<m>x4fs`) is built, trained and filled as the plain 4-bit IVF-PQ
+    with the same codes (`PQ<m>x4`), whose parts Faiss merges reliably; the index is
+    turned into fast-scan when it is loaded for search (`formats.index.load_index`)."""
     try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(d, plain_factory(factory), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ConfigError(f"--index-factory {factory!r} is not a valid Faiss index for "
                           f"dimension {d}: {str(e).splitlines()[-1][:200]}") from e
