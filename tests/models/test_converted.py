@@ -71,21 +71,21 @@ def test_auto_chooses_a_cpu_runtime_and_keras_stays_available(keras_embedder):
     assert converted.choose_runtime("auto", gpu) == "keras"
 
 
-def test_a_conversion_is_cached_whole_and_an_orphan_is_removed(keras_embedder, tmp_path,
-                                                               monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    folder = converted.cache_dir()
-    folder.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    orphan = folder / f".efficientnet-b0-x.tflite.{dead}.1.tmp"
-    orphan.write_bytes(b"half")
-    first = converted.converted_file(keras_embedder)
+def test_a_conversion_is_cached_whole_and_an_orphan_is_removed(keras_embedder, tmp_path):
+    first = converted.converted_file(keras_embedder)  # converted by an earlier test, or now
     mtime = first.stat().st_mtime_ns
-    assert first.parent == folder and first.stat().st_size > 1_000_000
+    assert first.parent == converted.cache_dir() and first.stat().st_size > 1_000_000
     assert converted.converted_file(keras_embedder) == first  # cached: not converted again
     assert first.stat().st_mtime_ns == mtime
-    assert [p.name for p in folder.iterdir()] == [first.name]  # no orphan, no temporary
+    assert not list(first.parent.glob(f".{first.name}.*.tmp"))  # no temporary left
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = tmp_path / f".efficientnet-b0-x.tflite.{dead}.1.tmp"  # a killed conversion's
+    alive = tmp_path / f".efficientnet-b0-x.tflite.{os.getpid()}.1.tmp"  # one under way
+    orphan.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    converted._remove_orphans(tmp_path / "efficientnet-b0-x.tflite")
+    assert not orphan.exists() and alive.exists()
 
 
 def test_a_conversion_that_does_not_match_keras_is_refused(keras_embedder, monkeypatch):
