@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,13 @@ def retry_io(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: floa
                            what, type(e).__name__, e, attempt, attempts - 1, delay)
             sleep(delay)
     raise AssertionError("unreachable")
+
+
+def user_cache_dir() -> Path:
+    """The workflow's per-user cache (`$XDG_CACHE_HOME` or `~/.cache`, then
+    `image-index-workflow`): what is worked out once per machine, not per store."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+        / "image-index-workflow"
 
 
 def cpu_name() -> str:

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..utils import user_cache_dir
+
 KERNELS = (  # (OpenBLAS core type, the CPU flags its kernels need), best first
     ("SkylakeX", frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})),
     ("Haswell", frozenset({"avx2", "fma"})),
@@ -102,8 +104,7 @@ def verified(kernel: str, model: str, flags: frozenset) -> bool:
         faiss_version = "unknown"
     key = hashlib.sha256(json.dumps([model, sorted(flags), kernel, faiss_version])
                          .encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-        / "image-index-workflow" / "blas.json"
+    cache = user_cache_dir() / "blas.json"
     known = _read(cache)
     if key in known:
         return known[key]

@@ -12,7 +12,8 @@ Runtimes (`--runtime`): `auto` (the default) is `openvino` where the `openvino` 
 installed, else `tflite`, for a Keras model on the TensorFlow backend without a GPU,
 mixed precision or XLA; `keras` everywhere else. `keras` keeps today's path (and its
 byte-identical features); `tflite` and `openvino` ask for one. OpenVINO is held to
-float32 (it would pick bfloat16 on CPUs that have it, which moves features by 1e-4).
+float32 (it would pick bfloat16 on CPUs that have it, which moved features to cosine
+0.99995 in a try).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..utils import Timeit
+from ..utils import Timeit, user_cache_dir
 from .quiet import import_tensorflow, native_stderr_filtered
 from .registry import Embedder, apply_preprocessing, global_pool
 
@@ -39,8 +40,7 @@ PROBE = 2  # images in the load-time check
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-        / "image-index-workflow" / "converted"
+    return user_cache_dir() / "converted"
 
 
 def openvino_installed() -> bool:
