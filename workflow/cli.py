@@ -105,6 +105,16 @@ def run_stage(name: str, a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ search, status, reset
 
+def _store_arguments(p: argparse.ArgumentParser, scratch: bool = False) -> None:
+    from .storage.options import STORAGE_OPTIONS_HELP
+    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
+                   "%(default)s]")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help=STORAGE_OPTIONS_HELP)
+    if scratch:
+        p.add_argument("--scratch", default=None, help="local scratch folder")
+
+
 def search_parser() -> argparse.ArgumentParser:
     from .search.modes import MODES
     p = _parser("06_search.py", (
@@ -142,9 +152,7 @@ def search_parser() -> argparse.ArgumentParser:
                         '[{"id", "key", "score"}, ...]}')
     o.add_argument("--out", default=None, metavar="PAGE",
                    help="write the results as an HTML page (.html) or a PNG sheet (.png)")
-    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
-                   "%(default)s]")
-    p.add_argument("--scratch", default=None, help="local scratch folder")
+    _store_arguments(p, scratch=True)
     return p
 
 
@@ -188,8 +196,7 @@ def run_search(a: argparse.Namespace) -> int:
 def status_parser() -> argparse.ArgumentParser:
     p = _parser("workflow status", "Print where every stage stands in a store (read-only).",
                 log_level="WARNING")
-    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
-                   "%(default)s]")
+    _store_arguments(p)
     return p
 
 
@@ -206,8 +213,7 @@ def reset_parser() -> argparse.ArgumentParser:
         "Delete one stage's outputs, markers and frozen settings, so that it can be run "
         "again with other settings. Later stages built on it must be reset too."))
     p.add_argument("stage", choices=STAGE_NAMES)
-    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
-                   "%(default)s]")
+    _store_arguments(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return p
 
@@ -232,8 +238,7 @@ def remove_parser() -> argparse.ArgumentParser:
         "photo, a takedown), or bring them back with --restore. Nothing is rebuilt: "
         "searches leave removed ids out as they run. Ids are listed by `search`; keys are "
         "the images' paths within their source."))
-    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
-                   "%(default)s]")
+    _store_arguments(p)
     p.add_argument("--id", type=int, nargs="+", action="extend", default=[], metavar="N",
                    help="image ids")
     p.add_argument("--key", nargs="+", action="extend", default=[], metavar="K",
@@ -264,9 +269,7 @@ def serve_parser() -> argparse.ArgumentParser:
         "/health, /status, /metrics; OpenAPI docs at /docs). The index, re-rank store and "
         "prefilter are opened once and memory-mapped; the model is loaded by the first "
         "image query (or at start, with --preload). Ctrl-C stops it."))
-    p.add_argument("--store", default=DEFAULT_STORE, help="store root or URL [default: "
-                   "%(default)s]")
-    p.add_argument("--scratch", default=None, help="local scratch folder")
+    _store_arguments(p, scratch=True)
     p.add_argument("--host", default="127.0.0.1", help="address to bind [default: "
                    "%(default)s: this machine only; the service has no authentication]")
     p.add_argument("--port", type=int, default=8080, help="[default: %(default)s]")
@@ -313,6 +316,8 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if level != "DEBUG":  # PySpark's gateway logs every connection it closes
+        logging.getLogger("py4j").setLevel(logging.WARNING)
     if blas.state["kernel"]:
         logger.info("Faiss's OpenBLAS: the %s kernel (%s)", blas.state["kernel"],
                     blas.state["why"])
@@ -327,6 +332,7 @@ def run_command(name: str, argv: Sequence[str] | None) -> int:
     setup_logging(args.log_level)
     try:
         with logging_redirect_tqdm():
+            _use_storage_options(args)
             return func(args)
     except WorkflowError as e:
         logger.error("%s", e)
@@ -341,6 +347,15 @@ def run_command(name: str, argv: Sequence[str] | None) -> int:
                      "folder on a larger disk; committed work is kept, so re-run the same "
                      "command to resume", e.filename or e)
         return EXIT_ERROR
+
+
+def _use_storage_options(args: argparse.Namespace) -> None:
+    """--storage-options for every store and source the command opens (the stages apply
+    them again in their workers)."""
+    if getattr(args, "storage_options", None):
+        from .storage.options import use_storage_options
+        use_storage_options(args.storage_options,
+                            [args.store, *(getattr(args, "sources", None) or ())])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

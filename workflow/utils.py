@@ -43,11 +43,20 @@ def sha256_file(path: str, bufsize: int = 1 << 20) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+# botocore's network errors (s3fs raises them as they are once its own retries are spent)
+# are not OSErrors; recognised by name, so that botocore is not imported to check
+BOTOCORE_NETWORK_ERRORS = {"ConnectionError", "HTTPClientError"}
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for I/O errors that may go away on retry (a dropped mount, a timeout)."""
+    """True for I/O errors that may go away on retry (a dropped mount, a timeout, an
+    object store out of reach)."""
     if isinstance(exc, PERMANENT_OS_ERRORS):
         return False
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    return any(c.__module__.startswith("botocore") and c.__name__ in BOTOCORE_NETWORK_ERRORS
+               for c in type(exc).__mro__)
 
 
 def retry_io(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.5,

@@ -24,6 +24,7 @@ from ..errors import DeadlineReached, check_settings
 from ..formats.layout import PREPROCESS, REMOVE, REMOVED, STAGES, stage_folders
 from ..options import DEFAULT_STORE, flag_of, opt
 from ..storage.lease import LEASE_DIR, Lease
+from ..storage.options import STORAGE_OPTIONS_HELP, use_storage_options
 from ..storage.store import DONE_DIR, Store
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class StageConfig:
     """The settings every stage has, then the stage's own (subclasses add fields)."""
     store: str = opt(DEFAULT_STORE, "store root: a local folder (e.g. a mounted Drive "
                      "folder) or an fsspec URL (gs://, s3://, memory://)", group=RUN_CONTROL)
+    storage_options: str | None = opt(None, STORAGE_OPTIONS_HELP, metavar="JSON",
+                                      group=RUN_CONTROL)
     scratch: str | None = opt(None, "local scratch folder for work in progress (default: "
                               "$WORKFLOW_SCRATCH or a folder under /tmp)", group=RUN_CONTROL)
     max_minutes: float | None = opt(None, "stop cleanly after about this many minutes (exit "
@@ -59,6 +62,10 @@ class StageConfig:
                  "--max-minutes must be positive"),
                 (self.wait_minutes >= 0, "--wait-minutes must be >= 0")]
 
+    def urls(self) -> tuple[str, ...]:
+        """Where the stage reads and writes: the store, then its sources (if any)."""
+        return (self.store,)
+
     def require(self, name: str, ok: bool, what: str) -> tuple[bool, str]:
         """A check whose message names the field's flag: `require("workers", w >= 1,
         "must be at least 1")`."""
@@ -78,6 +85,7 @@ class StageRun:
         self.stage, self.cfg = stage, cfg.validate()
         self.t0 = time.monotonic()
         self.deadline = self.t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+        use_storage_options(cfg.storage_options, cfg.urls())
         self.store = Store(cfg.store, cfg.scratch)
         self.lease = Lease(self.store, stage, takeover=cfg.takeover,
                            wait=cfg.wait_minutes * 60)
@@ -138,6 +146,13 @@ class StageRun:
     def stopped_early(self) -> None:
         logger.warning("%s: --max-minutes reached; re-run the same command to resume",
                        self.stage)
+
+
+def task_store(cfg: StageConfig, scratch: str) -> Store:
+    """The store, opened by a task in a worker process or on a Spark executor, with the
+    stage's --storage-options applied there first."""
+    use_storage_options(cfg.storage_options, cfg.urls())
+    return Store(cfg.store, scratch)
 
 
 def reset_stage(store: Store, stage: str) -> list[str]:
