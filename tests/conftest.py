@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = ROOT.parent / "shared" / "assets"
+# Spark (local or a test cluster) binds 127.0.0.1 only, not the machine's address
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 sys.path.insert(0, str(ROOT))
 
 
@@ -186,3 +189,16 @@ def indexed_store(tmp_path: Path, n: int = 600, d: int = 32, shard_size: int = 2
     add.run(add.AddConfig(store=str(store), progress=False))
     prefilter.run(prefilter.PrefilterConfig(store=str(store), progress=False))
     return store
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster on 127.0.0.1 (a master and two workers of one core
+    each, `tests/spark_cluster.py`), stopped with its process groups at the end."""
+    pytest.importorskip("pyspark", reason="PySpark is not installed "
+                        "(pip install -r requirements-spark.txt)")
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed (a Spark standalone cluster needs Java 17)")
+    from spark_cluster import StandaloneCluster
+    with StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2) as cluster:
+        yield cluster

@@ -18,20 +18,23 @@ SHARD_EXECUTORS = ("local", "process", "spark")
 def map_shards(name: str, task: Callable, units: list, workers: int = 1,
                spark_master: str | None = None, stage: str = "",
                deadline: float | None = None,
-               reachable: dict[str, str] | None = None) -> Iterator[tuple[Any, Any]]:
+               reachable: dict[str, str] | None = None,
+               needs: tuple[str, ...] = (),
+               spark_conf: tuple[str, ...] = ()) -> Iterator[tuple[Any, Any]]:
     """(unit, task(unit)) for each shard as it finishes, run by the shard executor `name`.
 
     With a deadline (time.monotonic()), no shard starts after it (those in flight finish)
-    and DeadlineReached is raised. `reachable` (name -> path or URL) is checked from
-    every Spark executor first."""
+    and DeadlineReached is raised. On Spark, every executor is checked first: it sees
+    `reachable` (name -> path or URL) and its Python imports the modules `needs` and the
+    task's own module (the package is shipped to executors that lack it); `spark_conf`
+    (KEY=VALUE) configures a session it creates."""
     if name not in SHARD_EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; choose one of "
                           f"{', '.join(SHARD_EXECUTORS)}")
     if name == "spark":
         from .spark import SparkShards  # PySpark is optional: imported only here
-        with SparkShards(spark_master, stage) as sp:
-            if reachable:
-                sp.check_reachable(reachable)
+        with SparkShards(spark_master, stage, spark_conf) as sp:
+            sp.prepare(needs, type(task).__module__, reachable)
             yield from _until(sp.map(task, units), deadline)
         return
     if name == "local":

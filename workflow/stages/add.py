@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 
 from ..errors import DeadlineReached, WorkflowError
 from ..execution.shards import SHARD_EXECUTORS, map_shards
-from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, worker_cached
+from ..execution.spark import (
+    SPARK_CONF_HELP,
+    SPARK_MASTER_HELP,
+    run_in_scratch,
+    spark_conf_ok,
+    worker_cached,
+)
 from ..formats.features import feature_markers, fetch_features
 from ..formats.index import load_trained, read_index, write_index, write_rerank_store
 from ..formats.layout import ADD, EXTRACT, INDEX_FILE, IVFDATA_FILE, PARTS, RERANK_FILE, TRAIN
@@ -32,11 +38,12 @@ from ..options import opt, size_option
 from ..storage.marker import Marker
 from ..storage.store import Store
 from ..utils import Timeit
-from .base import StageConfig, StageRun
+from .base import StageConfig, StageRun, task_store
 
 logger = logging.getLogger(__name__)
 
 STAGE = ADD
+SPARK_NEEDS = ("numpy", "h5py", "faiss")  # on every executor (--executor spark)
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,14 @@ class AddConfig(StageConfig):
                         choices=["local", "process", "spark"])
     workers: int = opt(2, "processes, with --executor process", type=int)
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
+    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
+                                      metavar="KEY=VALUE", to_config=tuple)
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
+            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
+              "spark.* key, e.g. spark.executor.memory=4g"),
             r("memory_budget", self.memory_budget > 0, "must be positive"),
             r("on_disk", self.on_disk in ("auto", "on", "off"), "must be auto, on or off"),
             r("executor", self.executor in SHARD_EXECUTORS,
@@ -140,7 +151,8 @@ def _add_parts(run: StageRun, trained, feats: dict, pending: list[str]) -> None:
     with tqdm(total=total, unit="vec", desc="add", disable=not cfg.progress,
               mininterval=1.0, dynamic_ncols=True) as bar:
         for _unit, n in map_shards(cfg.executor, task, pending, cfg.workers, cfg.spark_master,
-                                  STAGE, run.deadline, {"store": store.display("run.json")}):
+                                  STAGE, run.deadline, {"store": store.display("run.json")},
+                                  SPARK_NEEDS, cfg.spark_conf):
             run.lease.check()
             bar.update(n)
 
@@ -163,7 +175,7 @@ class PartTask:
         return run_in_scratch(STAGE, lambda scratch: self._run(unit, scratch))
 
     def _run(self, unit: str, scratch: str) -> int:
-        store = Store(self.cfg.store, scratch)
+        store = task_store(self.cfg, scratch)
         m = store.marker(TRAIN, "index")
         trained = worker_cached(("trained", m.sha256), lambda: load_trained(store)[0])
         return _add_part(store, trained, unit, self.fp, Path(scratch))

@@ -25,7 +25,14 @@ from ..errors import DeadlineReached, WorkflowError
 from ..execution.decoding import DecodePipeline
 from ..execution.executors import EXECUTORS
 from ..execution.shards import map_shards
-from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, task_cpus, worker_cached
+from ..execution.spark import (
+    SPARK_CONF_HELP,
+    SPARK_MASTER_HELP,
+    run_in_scratch,
+    spark_conf_ok,
+    task_cpus,
+    worker_cached,
+)
 from ..formats.features import FORMAT_VERSION, write_feature_shard
 from ..formats.images import read_for_model, skip_ids
 from ..formats.layout import EXTRACT, FEATURES, PREPROCESS, is_shard
@@ -45,11 +52,12 @@ from ..options import opt
 from ..storage.lease import Lease
 from ..storage.store import Store
 from ..utils import Timeit
-from .base import StageConfig, StageRun
+from .base import StageConfig, StageRun, task_store
 
 logger = logging.getLogger(__name__)
 
 STAGE = EXTRACT
+SPARK_NEEDS = ("numpy", "h5py", "cv2", "tensorflow")  # on every executor
 # Recorded in the shards but left out of the fingerprint: they change features only
 # within float16 rounding (a CPU runtime: within cosine 0.9999), and a resume on another
 # runtime must stay possible.
@@ -97,10 +105,14 @@ class ExtractConfig(StageConfig):
                         "model built once per Python worker",
                         choices=["auto", "local", "thread", "process", "spark"])
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
+    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
+                                      metavar="KEY=VALUE", to_config=tuple)
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
+            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
+              "spark.* key, e.g. spark.executor.memory=4g"),
             r("executor", self.executor in (*EXECUTORS, "spark", "auto"),
               f"must be one of {sorted((*EXECUTORS, 'spark', 'auto'))}"),
             r("workers", self.workers >= 1, "must be at least 1"),
@@ -203,11 +215,17 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
 
 def _run_spark(run: StageRun, runner: ShardRunner, pending: list[str], bar) -> None:
-    cfg = runner.cfg
-    task = ShardTask(cfg, runner.fp, sorted(runner.skip), runner.embedder.info["weights_sha256"])
+    info = runner.embedder.info
+    # the executors run the model as the driver resolved it: the same runtime, which the
+    # probe checks they have
+    runtime = info.get("runtime", "keras" if info["kind"] == "keras" else runner.cfg.runtime)
+    cfg = dataclasses.replace(runner.cfg, runtime=runtime)
+    needs = SPARK_NEEDS + (("openvino",) if runtime == "openvino" else ())
+    task = ShardTask(cfg, runner.fp, sorted(runner.skip), info["weights_sha256"])
     for _, (n, timings) in map_shards("spark", task, pending, spark_master=cfg.spark_master,
                                       stage=STAGE, deadline=run.deadline,
-                                      reachable={"store": run.store.display("run.json")}):
+                                      reachable={"store": run.store.display("run.json")},
+                                      needs=needs, spark_conf=cfg.spark_conf):
         run.lease.check()
         bar.update(n)
         for k, v in timings.items():
@@ -365,7 +383,7 @@ class ShardTask:
             raise WorkflowError(f"the model loaded on this Spark executor has other weights "
                                 f"than the driver's ({cfg.model}, {cfg.weights}): give a "
                                 "weights file every executor can read")
-        store = Store(cfg.store, scratch)
+        store = task_store(cfg, scratch)
         runner = ShardRunner(dataclasses.replace(cfg, workers=task_cpus()), store, embedder,
                              self.fp, set(self.skip))
         with runner.pipeline("thread") as decoding:

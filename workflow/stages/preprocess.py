@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 from ..errors import DeadlineReached, SourceError
 from ..execution.executors import EXECUTORS, make_executor
 from ..execution.shards import map_shards
-from ..execution.spark import SPARK_MASTER_HELP, run_in_scratch, task_cpus, worker_cached
+from ..execution.spark import (
+    SPARK_CONF_HELP,
+    SPARK_MASTER_HELP,
+    run_in_scratch,
+    spark_conf_ok,
+    task_cpus,
+    worker_cached,
+)
 from ..formats.images import ImageShardWriter, read_outcomes, write_report
 from ..formats.layout import IMAGES, PREPROCESS, REPORT_FILE, is_shard, shard_name
 from ..formats.plan import Plan, load_plan, plan_markers, preprocess_complete
@@ -29,12 +36,13 @@ from ..inputs.sources import Reader
 from ..inputs.worker import ImageWorker, on_failure, worker_init
 from ..options import opt
 from ..storage.store import RUN_FILE, Store
-from .base import StageConfig, StageRun
+from .base import StageConfig, StageRun, task_store
 from .planning import freeze, load_or_make_plan, source_urls
 
 logger = logging.getLogger(__name__)
 
 STAGE = PREPROCESS
+SPARK_NEEDS = ("numpy", "h5py", "cv2")  # on every executor (--executor spark)
 
 
 def _pixels(text: str) -> int:
@@ -59,6 +67,8 @@ class PreprocessConfig(StageConfig):
                         "process; spark: one Spark task per shard (see --spark-master)",
                         choices=["local", "process", "spark"])
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
+    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
+                                      metavar="KEY=VALUE", to_config=tuple)
     shard_size: int = opt(10_000, "images per shard (about)", type=int)
     image_size: int = opt(256, "short side of the stored images in px (never upscaled)",
                           type=int)
@@ -82,6 +92,8 @@ class PreprocessConfig(StageConfig):
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
+            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
+              "spark.* key, e.g. spark.executor.memory=4g"),
             r("executor", self.executor in (*EXECUTORS, "spark"),
               f"must be one of {sorted((*EXECUTORS, 'spark'))}"),
             r("workers", self.workers >= 1, "must be at least 1"),
@@ -92,6 +104,9 @@ class PreprocessConfig(StageConfig):
             r("image_timeout", self.image_timeout > 0, "must be positive"),
             r("read_threads", self.read_threads >= 1, "must be at least 1"),
         ]
+
+    def urls(self) -> tuple[str, ...]:
+        return (self.store, *self.sources)
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(self.image_size, self.jpeg_quality, self.max_pixels)
@@ -181,7 +196,8 @@ def _run_shards(run: StageRun, plan: Plan, pending: list[int], n_pending: int, f
         with bar:
             for _, stats in map_shards("spark", ShardTask(cfg, fp, fn), pending,
                                        spark_master=cfg.spark_master, stage=STAGE,
-                                       deadline=run.deadline, reachable=reachable):
+                                       deadline=run.deadline, reachable=reachable,
+                                       needs=SPARK_NEEDS, spark_conf=cfg.spark_conf):
                 lease.check()
                 bar.update(stats["n"])
         return
@@ -270,7 +286,7 @@ class ShardTask:
 
     def _run(self, i: int, scratch: str) -> dict:
         cfg = self.cfg
-        store = Store(cfg.store, scratch)
+        store = task_store(cfg, scratch)
         key = ("plan", *(m.sha256 for m in plan_markers(store)))
         plan = worker_cached(key, lambda: load_plan(store, f"{scratch}/plan.h5"))
         with make_executor("process", self.image_fn, task_cpus(), cfg.image_timeout,
