@@ -106,12 +106,14 @@ def start_after(cmd: list[str], log: Path, store: Path, stage: str, n: int,
 def test_the_stages_on_a_standalone_cluster_equal_the_process_executor(
         cluster, corpus, reference, tmp_path):
     store, log = tmp_path / "store", tmp_path / "driver.log"
-    run(command("01_preprocess.py", store, cluster.master, "--source", str(corpus),
+    # paths relative to the driver's folder, which no executor runs in
+    rel, source = Path("store"), os.path.relpath(corpus, tmp_path)
+    run(command("01_preprocess.py", rel, cluster.master, "--source", source,
                 "--shard-size", "4"), log)
-    run(command("02_extract.py", store, cluster.master, *EXTRACT), log)
-    run([sys.executable, str(ROOT / "scripts" / "03_train.py"), "--store", str(store),
+    run(command("02_extract.py", rel, cluster.master, *EXTRACT), log)
+    run([sys.executable, str(ROOT / "scripts" / "03_train.py"), "--store", str(rel),
          "--no-progress"], log)
-    run(command("04_add.py", store, cluster.master), log)
+    run(command("04_add.py", rel, cluster.master), log)
     assert_same(outputs(store), outputs(reference))
     assert "shipped to the Spark executors" in log.read_text()
     assert done(store, "extract") == SHARDS and not leftovers(store)

@@ -15,6 +15,7 @@ not fit (`fits`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ class StageRun:
         self.deadline = self.t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
         use_storage_options(cfg.storage_options, cfg.urls())
         self.store = Store(cfg.store, cfg.scratch)
+        # the store as an absolute path: a Spark executor runs in a folder of its own
+        self.cfg = dataclasses.replace(self.cfg, store=self.store.url)
         self.lease = Lease(self.store, stage, takeover=cfg.takeover,
                            wait=cfg.wait_minutes * 60)
         self.fp: str | None = None

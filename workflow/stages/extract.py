@@ -193,7 +193,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                     "dim %d", len(images), len(images) - len(pending), len(pending),
                     embedder.info["model"], embedder.info.get("runtime", embedder.info["kind"]),
                     embedder.input_size, embedder.dim)
-        cfg = resolve_executor(cfg, embedder)
+        cfg = resolve_executor(run.cfg, embedder)
         runner = ShardRunner(cfg, run.store, embedder, fp, skip_ids(run.store))
         complete = True
         if pending:
