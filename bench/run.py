@@ -14,7 +14,8 @@ one run. Sections, in order:
   index       train, add (+merge), prefilter at 2M x 1280: wall time and peak RSS
   search      recall@10 and p50/p99 per search mode and parameter on the 2M index
   flowers     all seven stages on flowers12 with the TFLite model: precision@10 per mode
-  spark       the extract stage on Spark local[cores] vs the process executor
+  spark       the extract stage on a 2-worker Spark standalone cluster vs the process
+              executor, and the fixed cost of a Spark task
   e2e         every stage on a real-image corpus of 20,000 images, and the hours a
               2M-image run needs on a Colab T4 runtime and on a CPU-only one
   gpu         extract (EfficientNet-B0/B4, mixed precision), exact search and k-means on
@@ -75,7 +76,8 @@ SECTIONS = [
     Section("evaluate", "bench_evaluate.py", (), ("--n", "1000", "--out",
                                                  "bench/out/evaluate-quick")),
     Section("flowers", "bench_search.py", ("flowers",), None, ("assets",)),
-    Section("spark", "bench_spark.py", (), ("--n", "64", "--rounds", "1"), ("pyspark",)),
+    Section("spark", "bench_spark.py", (), ("--n", "64", "--shards", "4", "--rounds", "2",
+                                            "--tiny", "8"), ("pyspark",)),
     Section("e2e", "bench_e2e.py", (), ("--quick",), ("assets",)),
     Section("gpu", "bench_gpu.py", (), ("--quick",), ("gpu", "assets")),
 ]

@@ -78,6 +78,19 @@ def retry_io(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: floa
     raise AssertionError("unreachable")
 
 
+def cpu_threads() -> int:
+    """Threads a CPU runtime may infer with: $WORKFLOW_CPU_THREADS where set (a container
+    whose CPU limit is below the machine's cores; a Spark task sets its own CPUs), else
+    the CPUs this process may run on."""
+    given = os.environ.get("WORKFLOW_CPU_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def user_cache_dir() -> Path:
     """The workflow's per-user cache (`$XDG_CACHE_HOME` or `~/.cache`, then
     `image-index-workflow`): what is worked out once per machine, not per store."""

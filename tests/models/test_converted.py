@@ -120,3 +120,13 @@ def test_extract_records_the_runtime_and_resumes_on_another(tmp_path):
         with h5py.File(p, "r") as f:
             runtimes.append(json.loads(f.attrs["model_info"]).get("runtime", "keras"))
     assert runtimes == ["tflite"] * (len(shards) - 1) + ["keras"]
+
+
+def test_the_cpu_runtime_threads_are_the_process_cpus_unless_set(monkeypatch):
+    from workflow.utils import cpu_threads
+    monkeypatch.delenv("WORKFLOW_CPU_THREADS", raising=False)
+    assert cpu_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("WORKFLOW_CPU_THREADS", "1")
+    assert cpu_threads() == 1
+    monkeypatch.setenv("WORKFLOW_CPU_THREADS", "none")  # not a count: ignored
+    assert cpu_threads() == len(os.sched_getaffinity(0))

@@ -71,6 +71,7 @@ FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "WORKFLOW_
 # tasks of a round spread over every executor's slots rather than one executor's
 PROBE_ROUNDS = 3
 PROBE_TASK_SECONDS = 0.25
+STARTED = 30.0  # seconds after which a session's executors count as registered
 MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _WORKER_CACHE: dict = {}
 
@@ -256,6 +257,8 @@ class SparkShards:
         status = self.sc._jsc.sc().getExecutorMemoryStatus  # the driver's block manager too
         t0 = last_change = time.monotonic()
         n = status().size() - 1
+        if n > 0 and time.time() - self.sc.startTime / 1000 > STARTED:
+            return n  # a session that has been running a while: its executors are up
         while time.monotonic() - t0 < timeout:
             time.sleep(0.2)
             now = status().size() - 1

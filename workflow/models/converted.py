@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..utils import Timeit, user_cache_dir
+from ..utils import Timeit, cpu_threads, user_cache_dir
 from .quiet import import_tensorflow, native_stderr_filtered
 from .registry import Embedder, apply_preprocessing, global_pool
 
@@ -159,7 +159,7 @@ def _openvino(path: Path, size: int):
     model = core.read_model(str(path))  # the TFLite frontend; ov.convert_model is 4x slower
     model.reshape([-1, size, size, 3])
     compiled = core.compile_model(model, "CPU", {
-        "INFERENCE_NUM_THREADS": os.cpu_count() or 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": cpu_threads(), "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
 

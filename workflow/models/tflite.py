@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, WorkflowError
+from ..utils import cpu_threads
 from .quiet import import_tensorflow, native_stderr_filtered
 from .registry import (
     PREPROCESSING,
@@ -67,7 +68,7 @@ def make_interpreter(path: str, preserve_all_tensors: bool = False):
                                 message=r"(?s).*experimental_preserve_all_tensors")
         try:
             with native_stderr_filtered(show_all=logger.isEnabledFor(logging.DEBUG)):
-                interp = cls(model_path=path, num_threads=os.cpu_count() or 1,
+                interp = cls(model_path=path, num_threads=cpu_threads(),
                              experimental_preserve_all_tensors=preserve_all_tensors)
                 interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
