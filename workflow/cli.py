@@ -12,6 +12,7 @@ import argparse
 import errno
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -311,13 +312,20 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+def _quiet_py4j_retries(record: logging.LogRecord) -> bool:
+    """Py4J logs a retried command on the root logger, with a traceback, at INFO."""
+    return record.levelno >= logging.WARNING or f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    if level != "DEBUG":  # PySpark's gateway logs every connection it closes
+    if level != "DEBUG":  # PySpark's gateway logs every connection it closes or retries
         logging.getLogger("py4j").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_py4j_retries)
     if blas.state["kernel"]:
         logger.info("Faiss's OpenBLAS: the %s kernel (%s)", blas.state["kernel"],
                     blas.state["why"])

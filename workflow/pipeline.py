@@ -3,6 +3,7 @@ from one explicit config built from the shared command line, then the status."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -101,21 +102,34 @@ def run_all(a: argparse.Namespace) -> int:
     # a value that is not positive is left to the stages, which refuse it
     deadline = time.monotonic() + a.max_minutes * 60 if (a.max_minutes or 0) > 0 else None
     code = EXIT_OK
-    for stage in STAGE_NAMES:
-        cfg = _with_time_left(cfgs[stage], deadline)
-        if cfg is None:
-            code = _out_of_time(a, stage)
-        elif stage == "extract":
-            code = _extract(a, cfg, deadline)
-        else:
-            code = _exit(modules[stage].run(cfg))
-        if code != EXIT_OK:
-            break
+    with _spark_session(a):
+        for stage in STAGE_NAMES:
+            cfg = _with_time_left(cfgs[stage], deadline)
+            if cfg is None:
+                code = _out_of_time(a, stage)
+            elif stage == "extract":
+                code = _extract(a, cfg, deadline)
+            else:
+                code = _exit(modules[stage].run(cfg))
+            if code != EXIT_OK:
+                break
     store = Store(a.store, a.scratch)
     if code == EXIT_OK:
         print(f"result page: {commit_results_page(store)}")
     print(status_report(store))
     return code
+
+
+@contextlib.contextmanager
+def _spark_session(a: argparse.Namespace):
+    """With --executor spark, one Spark session for the whole job: the executors, their
+    Python workers and the model in them start once, not once per stage."""
+    if a.executor != "spark":
+        yield
+        return
+    from .execution.spark import SparkShards
+    with SparkShards(a.spark_master, "run_all", a.spark_conf):
+        yield
 
 
 def _with_time_left(cfg, deadline: float | None):

@@ -152,8 +152,10 @@ class SparkShards:
             if self.master and active.sparkContext.master != self.master:
                 logger.warning("using the active Spark session (master %s), not --spark-master "
                                "%s", active.sparkContext.master, self.master)
-            if self.conf:
-                logger.warning("--spark-conf is not used: a Spark session is active")
+            unused = sorted(k for k, v in self.conf.items() if active.conf.get(k, None) != v)
+            if unused:
+                logger.warning("--spark-conf %s not used: a Spark session is active",
+                               ", ".join(unused))
         else:
             self.spark = self._builder(SparkSession.builder).getOrCreate()
             self.created = True
