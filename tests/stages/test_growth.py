@@ -98,3 +98,21 @@ def test_retrain_starts_the_index_over_once(grown, tmp_path):
     trained = (store / "trained" / "index.faiss").read_bytes()
     train.run(train.TrainConfig(store=str(store), progress=False, retrain=True))
     assert (store / "trained" / "index.faiss").read_bytes() == trained  # not redone
+
+
+def test_retrain_keeps_its_own_lease_through_a_training_longer_than_the_heartbeat(
+        grown, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from workflow.storage import lease
+    store = tmp_path / "store"
+    shutil.copytree(grown[0], store)
+    # a duplicates stage built on the old index, as after a whole job
+    (store / "_done" / "duplicates").mkdir(parents=True)
+    (store / "_done" / "duplicates" / "groups.json").write_text(json.dumps({"path": "x"}))
+    monkeypatch.setattr(lease, "HEARTBEAT_SECONDS", 0.005)  # training outlives it here
+    res = train.run(train.TrainConfig(store=str(store), progress=False, retrain=True))
+    assert res.complete and res.n == 750
+    assert not (store / "_done" / "duplicates").exists()  # built on the old index: reset
+    assert not list((store / "_leases").glob("*")), "the lease was released, nothing left"

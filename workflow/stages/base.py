@@ -158,13 +158,15 @@ def task_store(cfg: StageConfig, scratch: str) -> Store:
     return Store(cfg.store, scratch)
 
 
-def reset_stage(store: Store, stage: str) -> list[str]:
-    """Delete a stage's outputs, markers and frozen settings; returns what was removed.
+def reset_stage(store: Store, stage: str, keep_lease: bool = False) -> list[str]:
+    """Delete a stage's outputs, markers and frozen settings, and its lease unless
+    `keep_lease` (the stage resetting itself holds it); returns what was removed.
     Resetting preprocess deletes the removal list too: its ids named the old plan's."""
     info = next(s for s in STAGES if s.name == stage)
     removed = []
     also = (REMOVED, f"{DONE_DIR}/{REMOVE}") if stage == PREPROCESS else ()
-    for rel in (info.folders[0], f"{DONE_DIR}/{stage}", f"{LEASE_DIR}/{stage}.json", *also):
+    lease = () if keep_lease else (f"{LEASE_DIR}/{stage}.json",)
+    for rel in (info.folders[0], f"{DONE_DIR}/{stage}", *lease, *also):
         if store.exists(rel):
             store.remove(rel)
             removed.append(rel)

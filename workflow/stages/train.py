@@ -19,6 +19,7 @@ from ..formats.features import draw_sample, feature_count, feature_markers
 from ..formats.index import plain_factory, write_trained
 from ..formats.layout import (
     ADD,
+    DUPLICATES,
     EVALUATE,
     EXTRACT,
     PCA_FILE,
@@ -166,8 +167,9 @@ def _forget_training(store: Store, n: int) -> None:
     if m is not None and m.extra["plan"]["n"] == n:
         logger.info("--retrain: the index was trained for these %d vectors already", n)
         return
-    for stage in (TRAIN, ADD, PREFILTER, EVALUATE):
-        if reset_stage(store, stage):
+    # every stage built on the trained index; train's own lease is this run's
+    for stage in (TRAIN, ADD, PREFILTER, EVALUATE, DUPLICATES):
+        if reset_stage(store, stage, keep_lease=stage == TRAIN):
             logger.warning("--retrain: deleted the %s stage's outputs", stage)
 
 

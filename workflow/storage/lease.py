@@ -14,6 +14,7 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 LEASE_DIR = "_leases"
+HEARTBEAT_SECONDS = 30.0  # how often a holder refreshes its lease
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
@@ -63,12 +64,13 @@ class Lease:
     """
 
     def __init__(self, store: Store, stage: str, stale_after: float = 300.0,
-                 heartbeat: float = 30.0, takeover: bool = False, wait: float = 0.0,
+                 heartbeat: float | None = None, takeover: bool = False, wait: float = 0.0,
                  poll: float = 5.0):
         self.store, self.stage = store, stage
         self.wait, self.poll = wait, poll
         self.rel = f"{LEASE_DIR}/{stage}.json"
-        self.stale_after, self.heartbeat, self.takeover = stale_after, heartbeat, takeover
+        self.stale_after, self.takeover = stale_after, takeover
+        self.heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
         self.holder = uuid.uuid4().hex
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.started = process_start(self.pid)
