@@ -79,7 +79,8 @@ def test_bad_queries_get_clear_errors(store, tmp_path):
     with pytest.raises(WorkflowError, match="there is no store at .*missing"):
         Searcher(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WorkflowError, match="has no re-rank store; run scripts/04_add.py"):
+    with pytest.raises(WorkflowError,
+                       match="has no (re-rank store|filled index); run scripts/04_add.py"):
         Searcher(tmp_path / "empty").search([1])
 
 

@@ -11,6 +11,13 @@ K_MEASURED = 10
 
 MODES = ("exact", "ivfpq", "ivfpq+rerank", "annoy+rerank", "hierarchical")
 
+# the largest values a search takes: candidates re-scored per query, Annoy nodes
+# inspected, lists probed where the index is not known (Faiss and Annoy take C ints)
+MAX_CANDIDATES = 100_000
+MAX_SEARCH_K = 100_000_000
+MAX_NPROBE = 1 << 20
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of the approximate modes; each mode reads only its own (`MODE_PARAMS`)."""
@@ -19,13 +26,18 @@ class SearchParams:
     annoy: int = 100          # Annoy candidates re-scored exactly
     search_k: int = -1        # Annoy nodes inspected (-1: Annoy's default, trees x annoy)
 
-    def validate(self) -> SearchParams:
-        bad = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-               if f.name != "search_k" and getattr(self, f.name) < (0 if f.name == "annoy"
-                                                                    else 1)]
-        if bad or self.search_k < -1:
-            raise ConfigError(f"invalid search parameters: {', '.join(bad) or 'search_k'} "
-                              "(nprobe and rerank >= 1, annoy >= 0, search_k >= -1)")
+    def validate(self, nlist: int | None = None) -> SearchParams:
+        """Self, or ConfigError naming each parameter out of its range; `nlist` (the
+        index's inverted lists) bounds nprobe."""
+        top = {"nprobe": nlist or MAX_NPROBE, "rerank": MAX_CANDIDATES,
+               "annoy": MAX_CANDIDATES, "search_k": MAX_SEARCH_K}
+        low = {"nprobe": 1, "rerank": 1, "annoy": 0, "search_k": -1}
+        bad = [f"{f.name}={getattr(self, f.name)} (from {low[f.name]} to {top[f.name]})"
+               for f in fields(self)
+               if not (isinstance(getattr(self, f.name), int)
+                       and low[f.name] <= getattr(self, f.name) <= top[f.name])]
+        if bad:
+            raise ConfigError(f"invalid search parameters: {', '.join(bad)}")
         return self
 
     def for_mode(self, mode: str) -> dict:

@@ -39,7 +39,7 @@ from ..storage.mounts import read_ahead
 from ..storage.store import Store
 from .cache import QueryCache
 from .collapse import WIDEN, collapse, group_map
-from .modes import MODES, SearchParams, check_mode
+from .modes import MODE_PARAMS, MODES, SearchParams, check_mode
 from .query import read_query_file
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class Searcher:
     @cached_property
     def index(self) -> faiss.Index:
         return load_index(self.store)
+
+    @cached_property
+    def nlist(self) -> int:
+        """The index's inverted lists: the largest nprobe."""
+        return int(faiss.extract_index_ivf(self.index).nlist)
 
     @cached_property
     def xb(self) -> np.ndarray:
@@ -218,7 +223,12 @@ class Searcher:
         unknown = set(given) - {f.name for f in fields(SearchParams)}
         if unknown:
             raise ConfigError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
-        return replace(self.defaults[mode], **given).validate()
+        base = self.defaults[mode]
+        if "nprobe" not in MODE_PARAMS[mode]:
+            return replace(base, **given).validate()
+        # a default above the lists of a small index: all of them
+        base = replace(base, nprobe=min(base.nprobe, self.nlist))
+        return replace(base, **given).validate(self.nlist)
 
     def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str | None = None,
                        params: SearchParams | None = None,

@@ -13,8 +13,10 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -42,6 +44,9 @@ class Limits:
     max_queries: int = 256
     max_batch: int = 4  # queries per search call (micro-batching): the lowest p99 at 2M
 
+
+# an image id: a 64-bit integer, 0 or more (a larger one is refused with 422, not 500)
+ImageId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1)]
 
 ERRORS = ((UnknownId, 404), (BadQuery, 400), (ConfigError, 422), (Busy, 503),
           (UploadTooLarge, 413), (WorkflowError, 500))
@@ -96,7 +101,7 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
                              "took_ms": round(1000 * (time.perf_counter() - t), 3)})
 
     @app.get("/image/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
-    async def image(image_id: int):
+    async def image(image_id: ImageId):
         """The stored (preprocessed) JPEG of an image."""
         jpeg = (await gate.run(searcher.thumbnails, [image_id])).get(image_id)
         if not jpeg:
@@ -106,7 +111,7 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
                         headers={"Cache-Control": "public, max-age=3600"})
 
     @app.get("/items/{image_id}")
-    async def item(image_id: int):
+    async def item(image_id: ImageId):
         """Key, original size, status and reason of an image."""
         return await gate.run(searcher.item, image_id)
 

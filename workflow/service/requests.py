@@ -4,15 +4,18 @@ request is used as a file-system path: an upload is searched from its bytes."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from fastapi import Request
 
-from ..errors import BadQuery, ConfigError
+from ..errors import BadQuery, ConfigError, UnknownId
 from ..search.modes import MODES
 from .limits import UploadTooLarge
 
 INT_OPTIONS = ("k", "nprobe", "rerank", "annoy", "search_k")
+INTEGER = re.compile(r"[+-]?\d+")
+MAX_ID = 2**63 - 1  # ids and options are 64-bit integers
 FLAGS = ("exclude_self", "collapse_duplicates")
 
 
@@ -62,6 +65,8 @@ async def _json_body(request: Request, d: int) -> tuple[list, dict]:
         if not isinstance(ids, list) or not ids or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError('"ids" must be a non-empty list of integers')
+        if outside := [i for i in ids if not 0 <= i <= MAX_ID]:
+            raise UnknownId(f"id {outside[0]} is not in the corpus")
         return list(ids), body
     try:
         x = np.asarray(vectors, dtype=np.float32)
@@ -78,13 +83,7 @@ def options(params: dict, limits) -> dict:
     unknown = set(params) - {*INT_OPTIONS, "mode", *FLAGS}
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    out: dict = {}
-    for name in INT_OPTIONS:
-        if name in params:
-            try:
-                out[name] = int(params[name])
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name} must be an integer, not {params[name]!r}") from None
+    out: dict = {name: _integer(name, params[name]) for name in INT_OPTIONS if name in params}
     if not 1 <= out.get("k", 10) <= limits.max_k:
         raise ConfigError(f"k must be between 1 and {limits.max_k}")
     if "mode" in params and params["mode"] not in MODES:
@@ -92,9 +91,22 @@ def options(params: dict, limits) -> dict:
     out["mode"] = params.get("mode")
     for name in FLAGS:
         flag = params.get(name, False)
-        if isinstance(flag, str):
-            if flag.lower() not in ("true", "false", "1", "0", ""):
-                raise ConfigError(f"{name} must be true or false")
+        if isinstance(flag, str) and flag.lower() in ("true", "false", "1", "0", ""):
             flag = flag.lower() in ("true", "1")
-        out[name] = bool(flag)
+        if not isinstance(flag, bool):  # not [1], 2 or "yes"
+            raise ConfigError(f"{name} must be true or false, not {flag!r}")
+        out[name] = flag
     return out
+
+
+def _integer(name: str, value) -> int:
+    """An integer option: a JSON integer, or a query parameter of decimal digits (not
+    2.7, true or [1]); huge values are refused here, the search bounds the rest."""
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
+        digits = value.strip().lstrip("+-")
+        value = int(value) if len(digits) <= 19 else MAX_ID + 1  # not converted: too long
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
+    if abs(value) > MAX_ID:
+        raise ConfigError(f"{name}={value} is out of range")
+    return value
