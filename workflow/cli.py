@@ -248,8 +248,10 @@ def remove_parser() -> argparse.ArgumentParser:
                    help="every image of a source (e.g. one that --update should drop)")
     p.add_argument("--missing", action="store_true", help="the images whose files were "
                    "gone at the last `01_preprocess.py --update`")
-    p.add_argument("--from-file", metavar="F", help="a text file of one id or key a line "
-                   "(blank lines and # comments are skipped)")
+    p.add_argument("--from-file", metavar="F", help="a text file of one image a line: "
+                   "`id<TAB>key` (as duplicates/remove-list.txt: the key is checked against "
+                   "the id), an id, or a key as it is; blank lines and # lines that are no "
+                   "key are skipped")
     p.add_argument("--restore", action="store_true", help="bring the named images back")
     p.add_argument("--scratch", default=None, help="local scratch folder")
     return p

@@ -75,10 +75,13 @@ def test_planted_groups_are_found_and_chains_are_cut(built, tmp_path):
     rows = list(csv.DictReader((store / GROUPS_CSV).open()))
     assert len(rows) == sum(sizes) and {r["group"] for r in rows} == {
         str(i) for i in range(len(sizes))}
-    keys = (store / REMOVE_LIST).read_text().splitlines()
-    assert len(keys) == sum(sizes) - len(sizes)
-    reps = {g["keys"][0] for g in out["groups"]}
-    assert not reps & set(keys)
+    lines = [ln.split("\t") for ln in (store / REMOVE_LIST).read_text().splitlines()
+             if not ln.startswith("#")]
+    assert len(lines) == sum(sizes) - len(sizes)
+    key_of = {i: k for g in out["groups"] for i, k in zip(g["ids"], g["keys"])}
+    assert all(key_of[int(i)] == key for i, key in lines)
+    reps = {g["representative"] for g in out["groups"]}
+    assert not reps & {int(i) for i, _ in lines}
     assert stage_status(Store(store), "duplicates").startswith("complete")
 
 

@@ -100,3 +100,49 @@ def test_a_removal_killed_at_any_moment_is_all_or_nothing(store, tmp_path):
         assert not leftovers(store)
         subprocess.run(cmd + ["--restore"], cwd=ROOT, check=True, capture_output=True)
         assert load_removed(Store(store))[1].tolist() == []
+
+
+def test_a_removal_file_loses_no_key_and_refuses_ambiguous_ones(tmp_path):
+    from workflow.formats.duplicates import remove_list
+    from workflow.stages.remove import read_removal_file
+    by_key = {"#copy.jpg": [4], " spaced.jpg": [5], "a.jpg": [1], "more/x.jpg": [2, 7],
+              "b\tc.jpg": [3]}
+    f = tmp_path / "list.txt"
+    # the duplicates stage's list: id<TAB>key, whatever the key holds
+    groups = [{"ids": [1, 4, 5, 3], "keys": ["a.jpg", "#copy.jpg", " spaced.jpg", "b\tc.jpg"],
+               "representative": 1}]
+    f.write_bytes(remove_list(groups))
+    assert f.read_text().startswith("# ")
+    assert read_removal_file(str(f), by_key, 10) == [4, 5, 3]
+    # keys as they are, comments and blank lines around them
+    f.write_text("# takedowns\n#copy.jpg\n spaced.jpg\n\n   # note\n6\n")
+    assert read_removal_file(str(f), by_key, 10) == [4, 5, 6]
+    f.write_text("more/x.jpg\n")
+    with pytest.raises(ConfigError, match=r"list.txt:1: the key 'more/x.jpg' names 2 images "
+                                          r"\(ids 2, 7\): give the id instead"):
+        read_removal_file(str(f), by_key, 10)
+    f.write_text("1\ta.jpg\n4\ta.jpg\n")  # an id whose key is another image's
+    with pytest.raises(ConfigError, match=r"list.txt:2: id 4 is not the image with the key "
+                                          r"'a.jpg'"):
+        read_removal_file(str(f), by_key, 10)
+
+
+def test_an_ambiguous_key_is_refused_with_its_ids(store, monkeypatch):
+    from workflow.stages import remove as remove_module
+    real = remove_module._keys
+
+    def colliding(s):
+        out = real(s)
+        out["class0/img0002.jpg"] = out["class0/img0002.jpg"] + [300]
+        return out
+    monkeypatch.setattr(remove_module, "_keys", colliding)
+    with pytest.raises(ConfigError, match=r"names 2 images \(ids 1, 300\)"):
+        remove(Store(store), Selection(keys=("class0/img0002.jpg",)))
+    assert load_removed(Store(store))[1].tolist() == []
+
+
+def test_a_selection_of_no_image_says_so():
+    from workflow.stages.remove import RemoveResult
+    assert "the selection names no image" in RemoveResult(0, 3, 1, False, 0).summary()
+    assert "the 2 images given are removed already" in RemoveResult(0, 3, 1, False,
+                                                                   2).summary()

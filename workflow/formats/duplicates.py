@@ -12,7 +12,7 @@
   to it (`scores`, 1.0 for the representative); `centre` is the member every other
   reached to stay in the group (`index.grouping`).
 - `duplicates/groups.csv`: id, key, group, representative, score: a row per grouped image.
-- `duplicates/remove-list.txt`: the keys of every grouped image that is not its group's
+- `duplicates/remove-list.txt`: `id<TAB>key` of every grouped image that is not its group's
   representative, one a line, for `python -m workflow remove --from-file`.
 """
 from __future__ import annotations
@@ -64,10 +64,16 @@ def groups_csv(groups: list[dict]) -> bytes:
     return out.getvalue().encode()
 
 
+REMOVE_LIST_HEADER = ("# images to remove: `python -m workflow remove --from-file` this "
+                      "file. One a line: the id, a tab, the key (checked against the id)\n")
+
+
 def remove_list(groups: list[dict]) -> bytes:
-    lines = [key for g in groups for i, key in zip(g["ids"], g["keys"])
+    """`id<TAB>key` of every non-representative: the id names the image whatever its
+    key holds (a leading #, spaces), the key lets a person read it and is checked."""
+    lines = [(i, key) for g in groups for i, key in zip(g["ids"], g["keys"])
              if i != g["representative"]]
-    return "".join(f"{key}\n" for key in lines).encode()
+    return (REMOVE_LIST_HEADER + "".join(f"{i}\t{key}\n" for i, key in lines)).encode()
 
 
 def load_groups(store: Store) -> dict | None:

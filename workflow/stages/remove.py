@@ -41,12 +41,16 @@ class RemoveResult:
     total: int
     version: int
     restore: bool
+    selected: int = -1  # images the selection named
 
     def summary(self) -> str:
         verb = "restored" if self.restore else "removed"
+        if not self.selected:
+            return (f"nothing to do: the selection names no image (--missing: the last "
+                    f"`--update` found every image); {self.total:,} removed in all")
         if not self.changed:
-            return (f"nothing to do: the images given are {verb} already; {self.total:,} "
-                    f"removed in all")
+            return (f"nothing to do: the {self.selected:,} images given are {verb} already; "
+                    f"{self.total:,} removed in all")
         return (f"{verb} {self.changed:,} images; {self.total:,} removed in all (removal list "
                 f"version {self.version}). Searches leave removed images out from now on"
                 f"{'' if self.restore else '; `remove --restore` brings them back'}.")
@@ -69,7 +73,7 @@ def select(store: Store, sel: Selection) -> np.ndarray:
             raise ConfigError(f"no image has the key {unknown[0]!r}"
                               + (f" (nor {len(unknown) - 1} more keys)" if len(unknown) > 1
                                  else "") + "; keys are as `python -m workflow search` shows")
-        out.update(by_key[k] for k in sel.keys)
+        out.update(_one_id(by_key, k) for k in sel.keys)
         if sel.from_file:
             out.update(read_removal_file(sel.from_file, by_key, n))
     if sel.missing:
@@ -79,31 +83,55 @@ def select(store: Store, sel: Selection) -> np.ndarray:
     return np.array(sorted(out), np.int64)
 
 
-def _keys(store: Store) -> dict[str, int]:
+def _keys(store: Store) -> dict[str, list[int]]:
+    """key -> the ids with that key (more than one only where sources collide)."""
     keys, _ = load_keys_and_bounds(store, store.scratch / REMOVE / "plan.h5")
-    return {k: i for i, k in enumerate(keys)}
+    out: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
 
 
-def read_removal_file(path: str, by_key: dict[str, int], n: int) -> list[int]:
-    """Ids from a file of one id or key a line (blank lines and # comments skipped)."""
+def _one_id(by_key: dict[str, list[int]], key: str, where: str = "") -> int:
+    ids = by_key[key]
+    if len(ids) > 1:
+        raise ConfigError(f"{where}the key {key!r} names {len(ids)} images (ids "
+                          f"{', '.join(map(str, ids))}): give the id instead (--id, or an "
+                          "`id<TAB>key` line); nothing was removed")
+    return ids[0]
+
+
+def read_removal_file(path: str, by_key: dict[str, list[int]], n: int) -> list[int]:
+    """Ids from a file of one image a line: `id<TAB>key` (as the duplicates stage's
+    remove-list.txt: the key must be the id's), an id, or a key as it is; blank lines and
+    `#` lines that are not a key are skipped."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read --from-file {path}: {e}") from None
     out = []
     for no, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
+        line = line.removesuffix("\r")
+        where = f"{path}:{no}: "
+        first, tab, key = line.partition("\t")
+        if tab and first.strip().isdigit():
+            i = int(first)
+            if not i < n or i not in by_key.get(key, ()):
+                raise ConfigError(f"{where}id {i} is not the image with the key {key!r} in "
+                                  "this corpus (a list from another store or version?); fix "
+                                  "or delete that line (nothing was removed)")
+            out.append(i)
+        elif line in by_key:  # a key, whatever it holds (a leading #, spaces)
+            out.append(_one_id(by_key, line, where))
+        elif not line.strip() or line.lstrip().startswith("#"):
             continue
-        if text in by_key:
-            out.append(by_key[text])
-        elif text.isdigit() and int(text) < n:
-            out.append(int(text))
+        elif line.strip().isdigit() and int(line) < n:
+            out.append(int(line))
         else:
-            raise ConfigError(f"{path}:{no}: {text[:80]!r} is neither an id (0..{n - 1}) nor "
-                              "the key of an image in the corpus; fix or delete that line "
-                              "(nothing was removed)")
+            raise ConfigError(f"{where}{line[:80]!r} is neither an id (0..{n - 1}), nor the "
+                              "key of an image in the corpus, nor an `id<TAB>key` line; fix "
+                              "or delete that line (nothing was removed)")
     return out
 
 
@@ -139,4 +167,4 @@ def remove(store: Store, sel: Selection, restore: bool = False) -> RemoveResult:
         if changed:
             commit_removed(store, new, version + 1, {"count": int(len(new))})
             version += 1
-    return RemoveResult(changed, int(len(new)), version, restore)
+    return RemoveResult(changed, int(len(new)), version, restore, int(len(ids)))
