@@ -184,6 +184,34 @@ def test_a_model_that_cannot_tell_pictures_apart_gets_a_strict_threshold(caplog)
     assert "cannot tell near-copies apart" in caplog.text
 
 
+def test_groups_a_model_cannot_measure_are_for_review_only_with_no_remove_list(
+        built, tmp_path, monkeypatch):
+    from workflow.stages import calibration
+    from workflow.stages.status import stage_status
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    _run(store)  # a trusted run first: its remove-list must not survive the next
+    assert (store / REMOVE_LIST).exists()
+    rng = np.random.default_rng(0)
+    unseparable = calibration._choose(  # what random weights give (the demo offline)
+        rng.uniform(0.990, 1.0, 600).astype(np.float32), np.array(["jpeg"] * 600),
+        rng.uniform(0.95, 0.9995, 4950), 100)
+    monkeypatch.setattr(duplicates, "calibrate", lambda searcher: unseparable)
+    res = duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False))
+    why = "the model cannot tell near-copies from unrelated images in this store"
+    assert res.complete and "FOR REVIEW ONLY: " + why in res.summary()
+    assert f"(and {GROUPS_CSV})" in res.summary()
+    assert not (store / REMOVE_LIST).exists()
+    assert Store(store).marker("duplicates", "remove-list") is None
+    assert _groups(store)["review_only"].startswith(why)
+    page = (store / "duplicates" / "report.html").read_text()
+    assert "For review only." in page and "random weights?" in page
+    line = stage_status(Store(store), "duplicates")
+    assert line.startswith("complete") and "for review only, no remove-list" in line
+    _run(store)  # a threshold given by the user: trusted again, the list comes back
+    assert (store / REMOVE_LIST).exists() and _groups(store)["review_only"] is None
+
+
 def test_features_of_another_origin_fall_back_to_a_fixed_threshold(built, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(built, store)

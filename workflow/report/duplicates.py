@@ -123,6 +123,7 @@ figure img, .missing {{ width: {THUMB}px; height: {THUMB}px; object-fit: contain
 .kept img {{ outline: 3px solid #2a6; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+.warning {{ border: 2px solid #c60; background: #fff4e5; padding: 6px 10px; }}
 </style></head><body>
 <h2>Near-duplicate groups</h2>
 {summary}
@@ -139,7 +140,11 @@ def summary_html(settings: dict, n_groups: int, grouped: int, calibration: dict 
     """What the first page says above the groups."""
     src = {"given": "given with --threshold", "measured": "measured on this store",
            "fallback": "the fixed default (the store's model could not be loaded)"}
-    out = [f"<p>{n_groups:,} groups holding {grouped:,} images; threshold "
+    out = []
+    if settings.get("review_only"):
+        out.append('<p class="warning"><strong>For review only.</strong> '
+                   f"{html.escape(settings['review_only'])}.</p>")
+    out += [f"<p>{n_groups:,} groups holding {grouped:,} images; threshold "
            f"{settings['threshold']:g} ({src.get(settings.get('threshold_from'), '')}), "
            f"each member within {settings['slack']:g} below it of its representative.</p>"]
     kinds = (calibration or {}).get("by_kind") or {}

@@ -140,5 +140,20 @@ def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int,
             "unrelated_p95": round(top, 4), "by_kind": by_kind}
 
 
+def review_only_reason(calibration: dict | None) -> str | None:
+    """Why groups measured with this calibration are for review only (the model cannot
+    tell near-copies from unrelated images in the store), or None when they can be
+    trusted (or the threshold was not measured)."""
+    if not calibration or calibration.get("separable", True):
+        return None
+    return (f"the model cannot tell near-copies from unrelated images in this store: 5% of "
+            f"pairs of unrelated images are at {calibration['unrelated_p95']:.3f} or closer, "
+            f"where 85% of edited copies are linked at "
+            f"{calibration['edits_reached_by_85%']:.3f} (random weights?). These groups are "
+            "for review only and no remove-list.txt is written: use real weights "
+            "(--weights imagenet or a weights file) or another model, or look at the groups "
+            "and give --threshold yourself")
+
+
 def calibration_json(result: dict) -> bytes:
     return (json.dumps(result, indent=1) + "\n").encode()

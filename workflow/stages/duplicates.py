@@ -51,7 +51,7 @@ from ..search.modes import SearchParams
 from ..search.searcher import Searcher
 from ..utils import Timeit
 from .base import StageConfig, StageRun
-from .calibration import calibrate, calibration_json
+from .calibration import calibrate, calibration_json, review_only_reason
 from .review import commit_outputs
 
 logger = logging.getLogger(__name__)
@@ -108,13 +108,17 @@ class DuplicatesResult:
     seconds: float = 0.0
     store: str = ""
 
+    review_only: str | None = None  # why the groups cannot be trusted, if they cannot
+
     def summary(self) -> str:
         if not self.complete:
             return (f"duplicates stopped early: {self.shards_done}/{self.shards} shards "
                     f"searched (re-run to resume); {self.seconds:.1f} s. Store: {self.store}")
-        return (f"duplicates complete: {self.groups:,} groups holding {self.grouped:,} "
+        files = f"{GROUPS_CSV}, {REMOVE_LIST}" if not self.review_only else GROUPS_CSV
+        text = (f"duplicates complete: {self.groups:,} groups holding {self.grouped:,} "
                 f"images; {self.seconds:.1f} s.\nGroups: {self.store.rstrip('/')}/"
-                f"{GROUPS_FILE} (and {GROUPS_CSV}, {REMOVE_LIST})")
+                f"{GROUPS_FILE} (and {files})")
+        return text + (f"\nFOR REVIEW ONLY: {self.review_only}" if self.review_only else "")
 
 
 def run(cfg: DuplicatesConfig) -> DuplicatesResult:
@@ -134,9 +138,9 @@ def run(cfg: DuplicatesConfig) -> DuplicatesResult:
             left = [u for u in feats if run.store.marker(STAGE, u) is None]
             return DuplicatesResult(False, len(feats) - len(left), len(feats),
                                     seconds=run.seconds, store=run.store.url)
-        n_groups, grouped = _group_all(run, searcher, list(feats), fp)
+        n_groups, grouped, review_only = _group_all(run, searcher, list(feats), fp)
     return DuplicatesResult(True, len(feats), len(feats), n_groups, grouped, run.seconds,
-                            run.store.url)
+                            run.store.url, review_only)
 
 
 def _search_all(run: StageRun, searcher: Searcher, feats: dict, fp: str, total: int) -> None:
@@ -184,18 +188,21 @@ def _neighbours(searcher: Searcher, x: np.ndarray, ids: np.ndarray, k: int,
 
 def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> tuple[int, int]:
     """Group from the committed neighbours, unless groups.json is already for these
-    settings and this corpus. Returns (groups, images grouped)."""
+    settings and this corpus. Returns (groups, images grouped, why they are for review
+    only or None)."""
     cfg, store = run.cfg, run.store
     corpus = corpus_id(corpus_version(store), removal_version(store))
     _, removed = load_removed(store)
     threshold, source = (cfg.threshold, "given") if cfg.threshold else \
         _calibrated(run, searcher, fp)
+    calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
     settings = {"threshold": threshold, "threshold_from": source, "slack": cfg.slack,
                 "k": cfg.k, "corpus": corpus, "shards": len(units),
-                "report_groups": cfg.report_groups}
+                "report_groups": cfg.report_groups,
+                "review_only": review_only_reason(calibration)}
     m = store.marker(STAGE, "groups")
     if m is not None and all(m.extra.get(k) == v for k, v in settings.items()):
-        return m.extra["groups"], m.extra["images"]
+        return m.extra["groups"], m.extra["images"], settings["review_only"]
     t = time.monotonic()
     with Timeit("loading the neighbours", logging.INFO):
         ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
@@ -212,10 +219,11 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     logger.info("duplicates: %d links, %d groups in %.1f s", len(a), len(groups),
                 time.monotonic() - t)
     keep = ~np.isin(ids, removed)
-    calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
+    if settings["review_only"]:
+        logger.warning("duplicates: %s", settings["review_only"])
     with Timeit("writing the outputs and review pages", logging.INFO):
         commit_outputs(run, groups, settings, sims[keep, 0], calibration, plan.bounds, fp)
-    return len(groups), sum(len(g["ids"]) for g in groups)
+    return len(groups), sum(len(g["ids"]) for g in groups), settings["review_only"]
 
 
 def _find_groups(store, searcher: Searcher, plan, pairs: tuple, alias: np.ndarray,

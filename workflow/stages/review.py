@@ -1,7 +1,7 @@
 """The duplicates stage's outputs, committed in an order that a kill cannot spoil:
-groups.csv, remove-list.txt, nearest.png, the review pages (the last first), then
-groups.json, whose marker says what they were all made for. Pages left from an earlier
-run that had more of them are removed."""
+groups.csv, remove-list.txt (none where the groups are for review only), nearest.png,
+the review pages (the last first), then groups.json, whose marker says what they were
+all made for. Pages left from an earlier run that had more of them are removed."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +29,11 @@ def commit_outputs(run: StageRun, groups: list[dict], settings: dict, nearest: n
     grouped = sum(len(g["ids"]) for g in groups)
     histogram = nearest_histogram_png(nearest, settings["threshold"])
     _commit(run, GROUPS_CSV, "csv", groups_csv(groups), fp)
-    _commit(run, REMOVE_LIST, "remove-list", remove_list(groups), fp)
+    if settings.get("review_only"):  # groups a model could not measure: no delete list
+        if store.marker(DUPLICATES, "remove-list") is not None:
+            store.remove_marker(DUPLICATES, "remove-list", remove_file=True)
+    else:
+        _commit(run, REMOVE_LIST, "remove-list", remove_list(groups), fp)
     _commit(run, NEAREST_PNG, "nearest", histogram, fp)
     pages = n_pages(len(groups), settings["report_groups"])
     shown = min(len(groups), settings["report_groups"])

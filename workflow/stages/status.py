@@ -303,6 +303,9 @@ def _duplicates_status(v: View) -> Line:
         return _progress(v, DUPLICATES, line)
     parts = [f"{m.extra['groups']:,} groups holding {m.extra['images']:,} images at "
              f"threshold {m.extra['threshold']:g}"]
+    if m.extra.get("review_only"):
+        parts.append("for review only, no remove-list: the model cannot tell near-copies "
+                     "from unrelated images here (see duplicates/groups.json)")
     if m.extra.get("corpus") != v.corpus_id:
         return Line("complete for an earlier corpus or removal list (re-run duplicates)",
                     parts, False)
