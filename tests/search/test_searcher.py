@@ -115,3 +115,18 @@ def test_search_command_prints_json_lines(store, tmp_path):
     bad = subprocess.run([sys.executable, "scripts/06_search.py", "--store", str(store)],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "nothing to search for" in bad.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_collapse_widens_until_k_groups_are_found(store, mode):
+    s = Searcher(store)
+    xb = np.asarray(s.xb, np.float32)
+    near = np.argsort(-(xb @ xb[5]))
+    rep = np.arange(len(xb))
+    rep[near[:300]] = near[0]  # the query's 300 nearest: one group (a burst of shots)
+    s.__dict__["duplicate_groups"] = rep
+    r, = s.search([5], k=5, mode=mode, collapse_duplicates=True)
+    assert len(r.ids) == 5, r.ids  # searched 20 deep, all 20 in the group: widened
+    assert len({rep[i] for i in r.ids}) == 5
+    if mode == "exact":
+        assert r.ids == [5, *near[300:304].tolist()]

@@ -39,7 +39,7 @@ from ..storage.mounts import read_ahead
 from ..storage.store import Store
 from .cache import QueryCache
 from .collapse import WIDEN, collapse, group_map
-from .modes import MODE_PARAMS, MODES, SearchParams, check_mode
+from .modes import MAX_CANDIDATES, MODE_PARAMS, MODES, SearchParams, check_mode
 from .query import read_query_file
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class Searcher:
             if groups is None:
                 D, I = self.search_vectors(xq, k, mode, p, excl)
             else:
-                D, I = collapse(*self.search_vectors(xq, k * WIDEN, mode, p, excl), groups, k)
+                D, I = self._collapsed(xq, k, mode, p, excl, groups)
             for row, i in enumerate(todo):
                 n = int((I[row] >= 0).sum())
                 ids = I[row, :n].tolist()
@@ -325,6 +325,27 @@ class Searcher:
         for q, r in zip(qs, out):
             r.query_jpeg = q.image
         return out
+
+    def _collapsed(self, xq: np.ndarray, k: int, mode: str, p: SearchParams,
+                   excl: np.ndarray | None, groups: np.ndarray):
+        """Top k with at most one image per group: searched WIDEN x k deep, then deeper
+        (x4 each time, up to the corpus or MAX_CANDIDATES) for the queries that still
+        have fewer than k groups while their search had more to give."""
+        depth = k * WIDEN
+        D, I = collapse(*self.search_vectors(xq, depth, mode, p, excl), groups, k)
+        rows = np.arange(len(xq))
+        limit = min(len(self.xb), max(MAX_CANDIDATES, depth))
+        while depth < limit:
+            short = rows[(I[rows] >= 0).sum(axis=1) < k]
+            if not len(short):
+                break
+            depth = min(depth * 4, limit)
+            Dw, Iw = self.search_vectors(xq[short], depth, mode, replace(
+                p, rerank=max(p.rerank, depth), annoy=max(p.annoy, depth) if p.annoy else 0),
+                None if excl is None else excl[short])
+            D[short], I[short] = collapse(Dw, Iw, groups, k)
+            rows = short[(Iw >= 0).sum(axis=1) >= depth]  # the others have no more to give
+        return D, I
 
     def _parse(self, queries: Sequence) -> list[_Query]:
         if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):
