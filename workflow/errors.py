@@ -17,6 +17,11 @@ class UnknownId(BadQuery):
     """An id that is not in the corpus (or has no feature, or was removed)."""
 
 
+class NotBuilt(ConfigError):
+    """A valid request for something the store does not hold yet (near-duplicate groups
+    before the duplicates stage ran); the service answers 409."""
+
+
 class SourceError(WorkflowError):
     """A source (folder, list file, archive) cannot be listed."""
 

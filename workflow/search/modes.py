@@ -2,7 +2,8 @@
 Importing this module needs no Faiss."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 from ..errors import ConfigError
 
@@ -57,3 +58,21 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ConfigError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
     return mode
+
+
+def mode_params(base: SearchParams, mode: str, given: dict,
+                nlist: Callable[[], int]) -> SearchParams:
+    """`base` (the mode's defaults) with the `given` overrides, checked: nprobe against
+    the index's lists (`nlist()`, asked only for the modes that probe; a default above
+    them on a small index means all of them), annoy >= 1 where Annoy alone gives the
+    candidates."""
+    unknown = set(given) - {f.name for f in fields(SearchParams)}
+    if unknown:
+        raise ConfigError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
+    if mode == "annoy+rerank" and given.get("annoy", 1) < 1:
+        raise ConfigError("annoy must be at least 1 in annoy+rerank mode (0 leaves Annoy "
+                          "out: only hierarchical takes it)")
+    if "nprobe" not in MODE_PARAMS[mode]:
+        return replace(base, **given).validate()
+    lists = nlist()
+    return replace(replace(base, nprobe=min(base.nprobe, lists)), **given).validate(lists)

@@ -20,8 +20,8 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 
 import faiss
 import numpy as np
@@ -38,8 +38,8 @@ from ..index.knn import EXACT_BLOCK, drop_ids, exact_search, rerank, rerank_stor
 from ..storage.mounts import read_ahead
 from ..storage.store import Store
 from .cache import QueryCache
-from .collapse import WIDEN, collapse, group_map
-from .modes import MAX_CANDIDATES, MODE_PARAMS, MODES, SearchParams, check_mode
+from .collapse import collapsed_search, group_map
+from .modes import MODES, SearchParams, check_mode, mode_params
 from .query import read_query_file
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,6 @@ class Searcher:
     @cached_property
     def index(self) -> faiss.Index:
         return load_index(self.store)
-
-    @cached_property
-    def nlist(self) -> int:
-        """The index's inverted lists: the largest nprobe."""
-        return int(faiss.extract_index_ivf(self.index).nlist)
 
     @cached_property
     def xb(self) -> np.ndarray:
@@ -220,15 +215,8 @@ class Searcher:
         """The mode's defaults (tuned by evaluation where it ran) with overrides applied."""
         check_mode(mode)
         given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - {f.name for f in fields(SearchParams)}
-        if unknown:
-            raise ConfigError(f"unknown search parameter(s): {', '.join(sorted(unknown))}")
-        base = self.defaults[mode]
-        if "nprobe" not in MODE_PARAMS[mode]:
-            return replace(base, **given).validate()
-        # a default above the lists of a small index: all of them
-        base = replace(base, nprobe=min(base.nprobe, self.nlist))
-        return replace(base, **given).validate(self.nlist)
+        return mode_params(self.defaults[mode], mode, given,
+                           lambda: faiss.extract_index_ivf(self.index).nlist)
 
     def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str | None = None,
                        params: SearchParams | None = None,
@@ -314,7 +302,8 @@ class Searcher:
             if groups is None:
                 D, I = self.search_vectors(xq, k, mode, p, excl)
             else:
-                D, I = self._collapsed(xq, k, mode, p, excl, groups)
+                D, I = collapsed_search(partial(self.search_vectors, mode=mode), xq, k, p,
+                                        excl, groups, len(self.xb))
             for row, i in enumerate(todo):
                 n = int((I[row] >= 0).sum())
                 ids = I[row, :n].tolist()
@@ -325,27 +314,6 @@ class Searcher:
         for q, r in zip(qs, out):
             r.query_jpeg = q.image
         return out
-
-    def _collapsed(self, xq: np.ndarray, k: int, mode: str, p: SearchParams,
-                   excl: np.ndarray | None, groups: np.ndarray):
-        """Top k with at most one image per group: searched WIDEN x k deep, then deeper
-        (x4 each time, up to the corpus or MAX_CANDIDATES) for the queries that still
-        have fewer than k groups while their search had more to give."""
-        depth = k * WIDEN
-        D, I = collapse(*self.search_vectors(xq, depth, mode, p, excl), groups, k)
-        rows = np.arange(len(xq))
-        limit = min(len(self.xb), max(MAX_CANDIDATES, depth))
-        while depth < limit:
-            short = rows[(I[rows] >= 0).sum(axis=1) < k]
-            if not len(short):
-                break
-            depth = min(depth * 4, limit)
-            Dw, Iw = self.search_vectors(xq[short], depth, mode, replace(
-                p, rerank=max(p.rerank, depth), annoy=max(p.annoy, depth) if p.annoy else 0),
-                None if excl is None else excl[short])
-            D[short], I[short] = collapse(Dw, Iw, groups, k)
-            rows = short[(Iw >= 0).sum(axis=1) >= depth]  # the others have no more to give
-        return D, I
 
     def _parse(self, queries: Sequence) -> list[_Query]:
         if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):

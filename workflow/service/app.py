@@ -4,7 +4,8 @@ Routes: `POST /search` (an uploaded image, ids or vectors), `GET /image/{id}` (t
 JPEG), `GET /items/{id}`, `GET /health`, `GET /status`, `GET /metrics`, and the page at
 `/` (static files, no build step). Errors are JSON `{"detail": reason}`: 400 a query that
 cannot be searched (an upload that is not an image: the reason preprocess would record),
-404 an unknown id, 413 too large, 422 a bad parameter, 503 busy; never a traceback.
+404 an unknown id, 409 what the store does not hold yet (near-duplicate groups), 413 too
+large, 422 a bad parameter, 503 busy; never a traceback.
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from typing import Annotated
 from fastapi import FastAPI, Request
 from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ..errors import BadQuery, ConfigError, UnknownId, WorkflowError
+from ..errors import BadQuery, ConfigError, NotBuilt, UnknownId, WorkflowError
 from ..formats.duplicates import groups_summary
 from ..search.modes import MODES, SearchParams
 from .batching import Batcher
 from .limits import BodyLimit, Busy, Gate, UploadTooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from .requests import parse_query
+from .schema import ITEM, MAX_ID, RESULTS, errors, search_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ class Limits:
 
 
 # an image id: a 64-bit integer, 0 or more (a larger one is refused with 422, not 500)
-ImageId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1)]
+ImageId = Annotated[int, FastAPIPath(ge=0, le=MAX_ID)]
 
-ERRORS = ((UnknownId, 404), (BadQuery, 400), (ConfigError, 422), (Busy, 503),
+ERRORS = ((UnknownId, 404), (BadQuery, 400), (NotBuilt, 409), (ConfigError, 422), (Busy, 503),
           (UploadTooLarge, 413), (WorkflowError, 500))
 
 
@@ -69,6 +71,15 @@ def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": reasons}, status_code=422)
 
 
+def _nlist(searcher) -> int:
+    """The index's inverted lists (the largest nprobe); 1 for an index without lists."""
+    import faiss
+    try:
+        return int(faiss.extract_index_ivf(searcher.index).nlist)
+    except Exception:  # noqa: BLE001 - a flat index, or a test double
+        return 1
+
+
 def create_app(searcher, limits: Limits = Limits(), status=None,
                threads: int | None = None) -> FastAPI:
     """The app. `status()` gives the body of `GET /status` (default: built from the
@@ -86,12 +97,16 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
     app.add_exception_handler(Exception, _crash)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.post("/search")
+    nlist = _nlist(searcher)
+
+    @app.post("/search", openapi_extra=search_openapi(limits, searcher.d, nlist),
+              responses={200: {"content": {"application/json": {"schema": RESULTS}}},
+                         **errors(400, 404, 409, 413, 422, 503)})
     async def search(request: Request):
         """Search for an uploaded image (multipart, field `image`), or `{"ids": [...]}`
         or `{"vectors": [[...]]}`; options k, mode, nprobe, rerank, annoy, search_k,
         exclude_self, collapse_duplicates as query parameters or JSON fields."""
-        queries, opts = await parse_query(request, limits, searcher.d)
+        queries, opts = await parse_query(request, limits, searcher.d, nlist)
         t = time.perf_counter()
         if any(isinstance(q, bytes) for q in queries):  # an upload: its own model call
             results = await gate.run(searcher.search, queries, **opts)
@@ -100,7 +115,9 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
         return JSONResponse({"results": [r.to_json() for r in results],  # no re-encoding
                              "took_ms": round(1000 * (time.perf_counter() - t), 3)})
 
-    @app.get("/image/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
+    @app.get("/image/{image_id}", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {
+                 "type": "string", "format": "binary"}}}}, **errors(404, 422, 503)})
     async def image(image_id: ImageId):
         """The stored (preprocessed) JPEG of an image."""
         jpeg = (await gate.run(searcher.thumbnails, [image_id])).get(image_id)
@@ -110,7 +127,8 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/items/{image_id}")
+    @app.get("/items/{image_id}", responses={
+        200: {"content": {"application/json": {"schema": ITEM}}}, **errors(404, 422, 503)})
     async def item(image_id: ImageId):
         """Key, original size, status and reason of an image."""
         return await gate.run(searcher.item, image_id)
@@ -136,7 +154,9 @@ def _info_routes(app: FastAPI, searcher, metrics: Metrics, status) -> None:
                 "duplicate_groups": groups_summary(searcher.store),
                 "vectors": int(searcher.index.ntotal), "dim": searcher.d}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus metrics (text format 0.0.4)"}})
     async def get_metrics():
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 

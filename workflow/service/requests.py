@@ -12,16 +12,19 @@ from fastapi import Request
 from ..errors import BadQuery, ConfigError, UnknownId
 from ..search.modes import MODES
 from .limits import UploadTooLarge
+from .schema import MAX_ID
+from .schema import options as option_schemas
 
 INT_OPTIONS = ("k", "nprobe", "rerank", "annoy", "search_k")
 INTEGER = re.compile(r"[+-]?\d+")
-MAX_ID = 2**63 - 1  # ids and options are 64-bit integers
 FLAGS = ("exclude_self", "collapse_duplicates")
 
 
-async def parse_query(request: Request, limits, d: int) -> tuple[list, dict]:
-    """(queries for `Searcher.search`, its keyword options)."""
+async def parse_query(request: Request, limits, d: int, nlist: int) -> tuple[list, dict]:
+    """(queries for `Searcher.search`, its keyword options). Options may come as query
+    parameters and in the body (which wins); each is checked where it is given."""
     params = dict(request.query_params)
+    options(params, limits, nlist)
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         queries, fields = await _upload(request)
@@ -31,7 +34,7 @@ async def parse_query(request: Request, limits, d: int) -> tuple[list, dict]:
         params.update(fields)
     if len(queries) > limits.max_queries:
         raise ConfigError(f"at most {limits.max_queries} queries per request")
-    return queries, options(params, limits)
+    return queries, options(params, limits, nlist)
 
 
 async def _upload(request: Request) -> tuple[list, dict]:
@@ -67,32 +70,51 @@ async def _json_body(request: Request, d: int) -> tuple[list, dict]:
             raise ConfigError('"ids" must be a non-empty list of integers')
         if outside := [i for i in ids if not 0 <= i <= MAX_ID]:
             raise UnknownId(f"id {outside[0]} is not in the corpus")
-        return list(ids), body
+        return list(ids), _typed(body)
     try:
-        x = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError):
+        x = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError('"vectors" must be a list of lists of numbers') from None
     if x.ndim != 2 or x.shape[1] != d or not len(x) or not np.isfinite(x).all():
         raise ConfigError(f'"vectors" must be [n, {d}] finite numbers, not {list(x.shape)}')
-    return [x], body
+    # only the direction counts (queries are L2-normalised): scaled into float32's range
+    scale = np.abs(x).max(axis=1, keepdims=True)
+    return [(x / np.where(scale > 0, scale, 1.0)).astype(np.float32)], _typed(body)
 
 
-def options(params: dict, limits) -> dict:
-    """The search options, checked: k, mode, nprobe, rerank, annoy, search_k,
-    exclude_self, collapse_duplicates."""
+def _typed(body: dict) -> dict:
+    """The options of a JSON body, which must be JSON's own types: a flag true or false
+    (not "true"), a number a number (not "5"), the mode a string."""
+    for name in FLAGS:
+        if name in body and not isinstance(body[name], bool):
+            raise ConfigError(f"{name} must be true or false, not {body[name]!r}")
+    for name in INT_OPTIONS:
+        if name in body and isinstance(body[name], str):
+            raise ConfigError(f"{name} must be a JSON integer, not the string {body[name]!r}")
+    if "mode" in body and not isinstance(body["mode"], str):
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}")
+    return body
+
+
+def options(params: dict, limits, nlist: int) -> dict:
+    """The search options, checked against the bounds the OpenAPI schema states: k,
+    mode, nprobe, rerank, annoy, search_k, exclude_self, collapse_duplicates."""
     unknown = set(params) - {*INT_OPTIONS, "mode", *FLAGS}
     if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown option(s): {', '.join(map(repr, sorted(unknown)))}")
     out: dict = {name: _integer(name, params[name]) for name in INT_OPTIONS if name in params}
-    if not 1 <= out.get("k", 10) <= limits.max_k:
-        raise ConfigError(f"k must be between 1 and {limits.max_k}")
+    schema = option_schemas(limits, nlist)
+    for name, value in out.items():
+        low, high = schema[name]["minimum"], schema[name]["maximum"]
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
     if "mode" in params and params["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}")
     out["mode"] = params.get("mode")
     for name in FLAGS:
         flag = params.get(name, False)
-        if isinstance(flag, str) and flag.lower() in ("true", "false", "1", "0", ""):
-            flag = flag.lower() in ("true", "1")
+        if isinstance(flag, str) and flag in ("true", "false"):  # as OpenAPI writes them
+            flag = flag == "true"
         if not isinstance(flag, bool):  # not [1], 2 or "yes"
             raise ConfigError(f"{name} must be true or false, not {flag!r}")
         out[name] = flag
