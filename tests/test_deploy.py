@@ -1,0 +1,256 @@
+"""The container and the Kubernetes Job: the Dockerfile copies what exists and runs the
+entry point; the Job asks for one GPU, restarts on failure and passes flags that the real
+parsers accept; the entry point maps every command of the CLI to its script, and runs a
+stage with the store in a bucket of a real S3-compatible server, a second time as a no-op.
+"""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, write_corpus
+
+ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
+JOB = ROOT / "deploy" / "k8s" / "job.yaml"
+SECRET = ROOT / "deploy" / "k8s" / "secret.example.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+# the entry point's name for a command of workflow.cli.COMMANDS, where they differ
+CLI_NAME = {"run_all": "all"}
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+
+
+def entrypoint(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    from object_store import env_with
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], cwd=cwd or ROOT,
+                          env=env_with({"PYTHON": sys.executable, **(env or {})}),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def entrypoint_commands() -> list[str]:
+    out = entrypoint("--help").stdout
+    line = next(x for x in out.splitlines() if x.startswith("commands:"))
+    return line.split(":", 1)[1].split()
+
+
+def cli_parser(command: str):
+    from workflow.cli import COMMANDS
+    return COMMANDS[CLI_NAME.get(command, command)][0]()
+
+
+# ------------------------------------------------------------------ the entry point
+
+@needs_bash
+def test_the_entrypoint_offers_every_command_of_the_cli():
+    from workflow.cli import COMMANDS
+    commands = entrypoint_commands()
+    assert {CLI_NAME.get(c, c) for c in commands} == set(COMMANDS)
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> dict[str, str]:
+    """An interpreter that prints its arguments, one a line, and exits with $FAKE_EXIT."""
+    p = tmp_path / "fake-python"
+    p.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nexit "${FAKE_EXIT:-0}"\n')
+    p.chmod(0o755)
+    return {"PYTHON": str(p), "WORKFLOW_STORE": "s3://bucket/index"}
+
+
+@needs_bash
+def test_each_command_runs_its_script_with_the_store_from_the_environment(
+        fake_python, tmp_path):
+    for command in entrypoint_commands():
+        r = entrypoint(command, "--no-progress", env=fake_python, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        argv = r.stdout.splitlines()
+        if argv[0] == "-m":
+            assert argv[1:3] == ["workflow", CLI_NAME.get(command, command)]
+        else:
+            script = Path(argv[0])
+            assert script.is_file() and script.parent == ROOT / "scripts", argv
+            assert f'run_command("{CLI_NAME.get(command, command)}"' in script.read_text()
+        assert argv[-3:] == ["--no-progress", "--store", "s3://bucket/index"], command
+
+
+@needs_bash
+@pytest.mark.parametrize("given", [["--store", "other"], ["--store=other"]])
+def test_a_store_on_the_command_line_wins(fake_python, given):
+    r = entrypoint("extract", *given, env=fake_python)
+    assert r.stdout.splitlines()[1:] == given
+
+
+@needs_bash
+def test_the_exit_status_of_the_stage_is_passed_on(fake_python):
+    # 3: stopped early with work left, so that a Job restarts the pod and it resumes
+    assert entrypoint("train", env={**fake_python, "FAKE_EXIT": "3"}).returncode == 3
+    assert entrypoint("train", env={**fake_python, "FAKE_EXIT": "0"}).returncode == 0
+
+
+@needs_bash
+def test_an_unknown_command_is_refused_with_the_list():
+    r = entrypoint("trian")
+    assert r.returncode == 2
+    assert "unknown command 'trian'" in r.stderr and "train" in r.stderr
+    assert "run_all" in r.stderr
+    nothing = entrypoint()
+    assert nothing.returncode == 2 and "usage" in nothing.stderr
+    helped = entrypoint("--help")
+    assert helped.returncode == 0 and "run_all" in helped.stdout
+
+
+# ------------------------------------------------------------------ a stage on S3 for real
+
+def s3_listing(endpoint: str, url: str) -> dict[str, tuple[int, str]]:
+    import s3fs
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing",
+                           skip_instance_cache=True)
+    found = fs.find(url.removeprefix("s3://"), detail=True)
+    return {k: (v["size"], v["ETag"]) for k, v in found.items()}
+
+
+@needs_bash
+def test_the_entrypoint_runs_a_stage_on_object_storage_and_resumes_as_a_no_op(tmp_path):
+    pytest.importorskip("s3fs", reason="s3fs is not installed "
+                        "(pip install -r requirements-s3.txt)")
+    pytest.importorskip("moto.server", reason="moto[server] is not installed "
+                        "(pip install -r requirements-dev.txt)")
+    from object_store import MotoServer, make_bucket, s3_env
+
+    write_corpus(tmp_path / "corpus", 12, size=(48, 40))
+    elsewhere = tmp_path / "elsewhere"  # not the repository: the scripts are found anyway
+    elsewhere.mkdir()
+    with MotoServer(tmp_path / "moto.log") as server:
+        make_bucket(server.endpoint, "index-store")
+        env = {**s3_env(server.endpoint), "WORKFLOW_STORE": "s3://index-store/store"}
+        args = ("preprocess", "--source", str(tmp_path / "corpus"), "--shard-size", "8",
+                "--workers", "2", "--no-progress")
+        first = entrypoint(*args, env=env, cwd=elsewhere)
+        assert first.returncode == 0, first.stderr[-4000:]
+        assert "preprocess complete" in first.stdout
+        listing = s3_listing(server.endpoint, "s3://index-store/store")
+        names = {k.removeprefix("index-store/store/") for k in listing}
+        assert {"images/plan.h5", "images/shard-00000.h5", "images/shard-00001.h5",
+                "images/report.json", "_done/preprocess/report.json"} <= names
+        before = len(server.requests())
+
+        again = entrypoint(*args, env=env, cwd=elsewhere)
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert s3_listing(server.endpoint, "s3://index-store/store") == listing
+        written = [path for method, path, _ in server.requests()[before:]
+                   if method == "PUT" and "/_leases/" not in path]
+        assert not written, f"a finished stage wrote {written}"
+
+
+# ------------------------------------------------------------------ the Job
+
+def manifests(path: Path) -> list[dict]:
+    yaml = pytest.importorskip("yaml", reason="pyyaml is not installed "
+                               "(pip install -r requirements-dev.txt)")
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def the_job() -> dict:
+    jobs = [d for d in manifests(JOB) if d["kind"] == "Job"]
+    assert jobs and all(d["apiVersion"] == "batch/v1" for d in jobs)
+    return jobs[0]
+
+
+def test_the_job_asks_for_one_gpu_and_restarts_where_it_failed():
+    job = the_job()
+    assert isinstance(job["spec"]["backoffLimit"], int) and job["spec"]["backoffLimit"] > 0
+    assert "ttlSecondsAfterFinished" in job["spec"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure"
+    (container,) = pod["containers"]
+    assert "command" not in container, "the image's ENTRYPOINT must run"
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    mounts = {m["name"] for m in container.get("volumeMounts", [])}
+    assert mounts <= {v["name"] for v in pod.get("volumes", [])}
+
+
+def test_the_job_names_the_store_and_takes_credentials_from_the_secret():
+    container = the_job()["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["WORKFLOW_STORE"].startswith("s3://")
+    (secret,) = [d for d in manifests(SECRET) if d["kind"] == "Secret"]
+    refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+    refs += [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+             if "secretKeyRef" in e.get("valueFrom", {})]
+    assert secret["metadata"]["name"] in refs
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+
+
+@needs_bash
+def test_every_flag_the_job_passes_is_accepted_by_the_command():
+    container = the_job()["spec"]["template"]["spec"]["containers"][0]
+    command, *args = [str(a) for a in container["args"]]
+    assert command in entrypoint_commands()
+    store = next(e["value"] for e in container["env"] if e["name"] == "WORKFLOW_STORE")
+    try:  # as the entry point passes them: the store from WORKFLOW_STORE
+        parsed = cli_parser(command).parse_args([*args, "--store", store])
+    except SystemExit:
+        pytest.fail(f"{command} does not accept {args}")
+    assert parsed.store == store
+    assert not getattr(parsed, "demo", False)
+    assert "--no-progress" in args, "a progress bar in a pod's log is one long line"
+
+
+# ------------------------------------------------------------------ the Dockerfile
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [x.strip() for x in text.splitlines()]
+    return [(x.split(None, 1)[0].upper(), x.split(None, 1)[1] if " " in x else "")
+            for x in lines if x and not x.startswith("#")]
+
+
+def test_the_dockerfile_builds_from_a_chosen_base_and_runs_the_entrypoint():
+    steps = instructions()
+    args = {a.split("=", 1)[0] for kind, a in steps if kind == "ARG"}
+    (base,) = [a for kind, a in steps if kind == "FROM"]
+    assert any(f"${{{name}}}" in base or f"${name}" in base for name in args), base
+    (entry,) = [json.loads(a) for kind, a in steps if kind == "ENTRYPOINT"]
+    workdir = [a for kind, a in steps if kind == "WORKDIR"][-1]
+    assert f"{workdir.rstrip('/')}/deploy/entrypoint.sh" in entry
+    users = [a for kind, a in steps if kind == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+def test_the_dockerfile_copies_paths_that_exist_and_are_not_ignored():
+    ignored = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines()
+               if x.strip() and not x.startswith("#")]
+    assert ".git" in ignored and "checkpoints" in ignored
+    copied = []
+    for kind, a in instructions():
+        if kind == "COPY":
+            parts = [p for p in a.split() if not p.startswith("--")]
+            for source in parts[:-1]:
+                found = sorted(ROOT.glob(source.rstrip("/")))
+                assert found, f"COPY {source}: nothing there"
+                copied += [p.relative_to(ROOT).as_posix() for p in found]
+    assert {"workflow", "scripts", "deploy", "requirements.txt"} <= set(copied)
+    for path in copied:
+        assert not [p for p in ignored if fnmatch(path, p)], f"{path} is in .dockerignore"
+
+
+def test_every_requirements_file_the_image_installs_exists():
+    text = DOCKERFILE.read_text()
+    named = set(re.findall(r"requirements[\w-]*\.txt", text))
+    assert {"requirements.txt", "requirements-s3.txt"} <= named
+    for name in named:
+        assert (ROOT / name).is_file(), name
+        for line in (ROOT / name).read_text().splitlines():
+            if line.startswith("-r "):  # included files are copied by the same glob
+                assert fnmatch(line.split()[1], "requirements*.txt")
+    # the GPU swap is the one README.md's "GPU runtimes" gives
+    assert "faiss-cpu" in (ROOT / "requirements.txt").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for package in re.findall(r"FAISS=(\S+)", text):
+        assert package == "faiss-cpu" or package in readme, package
