@@ -93,3 +93,39 @@ def test_groups_do_not_depend_on_the_order_of_the_input():
 def test_the_representative_and_why(pixels, sizes, rep, why):
     got = representative_order(np.array(pixels), np.array(sizes), np.array([10, 11, 12]))
     assert got == (rep, why)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(data=st.data(), n=st.integers(2, 30), d=st.integers(2, 6),
+                  threshold=st.floats(0.3, 0.99), slack=st.floats(0.0, 0.3))
+def test_groups_are_disjoint_close_to_their_centre_and_independent_of_order(
+        data, n, d, threshold, slack):
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1))
+                               .filter(lambda p: p[0] != p[1]), max_size=3 * n), label="pairs")
+    a = np.array([min(p) for p in pairs], np.int64)
+    b = np.array([max(p) for p in pairs], np.int64)
+
+    def run(a, b):
+        return [(r, m.tolist(), s.tolist(), c) for r, m, s, c in group(
+            a, b, pick=lambda ids: int(ids.max()), vectors=lambda ids: x[ids],
+            threshold=threshold, slack=slack)]
+    first = run(a, b)
+    order = rng.permutation(len(a))
+    assert run(b[order], a[order]) == first  # shuffled, and each link the other way round
+    seen: set[int] = set()
+    comp = {int(i): k for k, (ids, _, _) in enumerate(components(a, b)) for i in ids}
+    for rep, members, scores, centre in first:
+        assert len(members) >= 2 and members[0] == rep and centre in members
+        assert not seen & set(members)  # disjoint
+        seen |= set(members)
+        assert len({comp[i] for i in members}) == 1  # within one linked component
+        assert (x[members] @ x[centre] >= threshold - slack - 1e-5).all()  # no chains
+        assert np.allclose(scores, x[members] @ x[rep], atol=1e-5)

@@ -146,3 +146,27 @@ def test_a_selection_of_no_image_says_so():
     assert "the selection names no image" in RemoveResult(0, 3, 1, False, 0).summary()
     assert "the 2 images given are removed already" in RemoveResult(0, 3, 1, False,
                                                                    2).summary()
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=25, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(steps=st.lists(st.tuples(st.sets(st.integers(0, 399), min_size=1,
+                                                   max_size=8), st.booleans()),
+                                 min_size=1, max_size=6))
+def test_any_sequence_of_removals_and_restores_keeps_the_list_they_describe(store, steps):
+    s = Store(store)
+    expected = set(load_removed(s)[1].tolist())
+    for ids, restore in steps:
+        res = remove(s, Selection(ids=tuple(sorted(ids))), restore=restore)
+        before = set(expected)
+        expected = expected - ids if restore else expected | ids
+        assert res.changed == len(before ^ expected) and res.total == len(expected)
+        version, now = load_removed(s)
+        assert set(now.tolist()) == expected and list(now) == sorted(now)
+        assert len(removal_markers(s)) == 1  # one version of the list, the newest
+    remove(s, Selection(ids=tuple(range(400))), restore=True)
+    assert load_removed(s)[1].tolist() == [] and not leftovers(store)
