@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, WorkflowError
+from ..options import opt
 from ..utils import user_cache_dir
 from . import probe
 from .executors import bounded_map
@@ -76,9 +77,16 @@ MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _WORKER_CACHE: dict = {}
 
 
-def spark_conf_ok(items: Iterable[str]) -> bool:
-    """Whether every --spark-conf item is KEY=VALUE with a spark.* key."""
-    return all("=" in i and i.strip().startswith("spark.") for i in items)
+def spark_conf_field():
+    """The --spark-conf option of a stage's config (KEY=VALUE items, repeatable)."""
+    return opt((), SPARK_CONF_HELP, action="append", metavar="KEY=VALUE", to_config=tuple)
+
+
+def spark_conf_check(cfg) -> tuple[bool, str]:
+    """The config check of --spark-conf: every item KEY=VALUE with a spark.* key."""
+    ok = all("=" in i and i.strip().startswith("spark.") for i in cfg.spark_conf)
+    return cfg.require("spark_conf", ok, "takes KEY=VALUE with a spark.* key, e.g. "
+                       "spark.executor.memory=4g")
 
 
 def parse_spark_conf(items: Iterable[str]) -> dict[str, str]:

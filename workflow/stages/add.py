@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from ..errors import DeadlineReached, WorkflowError
 from ..execution.shards import SHARD_EXECUTORS, map_shards
 from ..execution.spark import (
-    SPARK_CONF_HELP,
     SPARK_MASTER_HELP,
     run_in_scratch,
-    spark_conf_ok,
+    spark_conf_check,
+    spark_conf_field,
     worker_cached,
 )
 from ..formats.features import feature_markers, fetch_features
@@ -60,14 +60,12 @@ class AddConfig(StageConfig):
                         choices=["local", "process", "spark"])
     workers: int = opt(2, "processes, with --executor process", type=int)
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
-    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
-                                      metavar="KEY=VALUE", to_config=tuple)
+    spark_conf: tuple[str, ...] = spark_conf_field()
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
-            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
-              "spark.* key, e.g. spark.executor.memory=4g"),
+            spark_conf_check(self),
             r("memory_budget", self.memory_budget > 0, "must be positive"),
             r("on_disk", self.on_disk in ("auto", "on", "off"), "must be auto, on or off"),
             r("executor", self.executor in SHARD_EXECUTORS,

@@ -26,10 +26,10 @@ from ..execution.decoding import DecodePipeline
 from ..execution.executors import EXECUTORS
 from ..execution.shards import map_shards
 from ..execution.spark import (
-    SPARK_CONF_HELP,
     SPARK_MASTER_HELP,
     run_in_scratch,
-    spark_conf_ok,
+    spark_conf_check,
+    spark_conf_field,
     task_cpus,
     worker_cached,
 )
@@ -105,14 +105,12 @@ class ExtractConfig(StageConfig):
                         "model built once per Python worker",
                         choices=["auto", "local", "thread", "process", "spark"])
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
-    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
-                                      metavar="KEY=VALUE", to_config=tuple)
+    spark_conf: tuple[str, ...] = spark_conf_field()
 
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
-            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
-              "spark.* key, e.g. spark.executor.memory=4g"),
+            spark_conf_check(self),
             r("executor", self.executor in (*EXECUTORS, "spark", "auto"),
               f"must be one of {sorted((*EXECUTORS, 'spark', 'auto'))}"),
             r("workers", self.workers >= 1, "must be at least 1"),

@@ -21,10 +21,10 @@ from ..errors import DeadlineReached, SourceError
 from ..execution.executors import EXECUTORS, make_executor
 from ..execution.shards import map_shards
 from ..execution.spark import (
-    SPARK_CONF_HELP,
     SPARK_MASTER_HELP,
     run_in_scratch,
-    spark_conf_ok,
+    spark_conf_check,
+    spark_conf_field,
     task_cpus,
     worker_cached,
 )
@@ -67,8 +67,7 @@ class PreprocessConfig(StageConfig):
                         "process; spark: one Spark task per shard (see --spark-master)",
                         choices=["local", "process", "spark"])
     spark_master: str | None = opt(None, SPARK_MASTER_HELP, metavar="URL")
-    spark_conf: tuple[str, ...] = opt((), SPARK_CONF_HELP, action="append",
-                                      metavar="KEY=VALUE", to_config=tuple)
+    spark_conf: tuple[str, ...] = spark_conf_field()
     shard_size: int = opt(10_000, "images per shard (about)", type=int)
     image_size: int = opt(256, "short side of the stored images in px (never upscaled)",
                           type=int)
@@ -92,8 +91,7 @@ class PreprocessConfig(StageConfig):
     def checks(self) -> list[tuple[bool, str]]:
         r = self.require
         return super().checks() + [
-            r("spark_conf", spark_conf_ok(self.spark_conf), "takes KEY=VALUE with a "
-              "spark.* key, e.g. spark.executor.memory=4g"),
+            spark_conf_check(self),
             r("executor", self.executor in (*EXECUTORS, "spark"),
               f"must be one of {sorted((*EXECUTORS, 'spark'))}"),
             r("workers", self.workers >= 1, "must be at least 1"),
