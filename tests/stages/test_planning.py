@@ -7,6 +7,7 @@ import pytest
 from workflow.errors import FingerprintMismatch, SourceError
 from workflow.formats.missing import load_missing
 from workflow.formats.plan import corpus_version, load_plan, planned_count
+from workflow.formats.removed import load_removed
 from workflow.stages import planning
 from workflow.stages.preprocess import PreprocessConfig, run
 from workflow.stages.remove import Selection, remove
@@ -65,6 +66,27 @@ def test_a_new_source_whose_name_is_taken_gets_another_prefix(tmp_path, built):
     plan = load_plan(Store(built), tmp_path / "p.h5")
     # keys of the first source start with "class0/": the new source is "class0~2/"
     assert res.n_images == 12 and all(k.startswith("class0~2/") for k in plan.keys[10:])
+
+
+def test_keys_stay_unique_when_the_first_source_grows_a_folder_named_like_a_prefix(
+        tmp_path, built):
+    """The unprefixed first source later gains `more/x.jpg`, the key an update gave to
+    the source `more`'s x.jpg: the newcomer gets `more/x~2.jpg`, and `remove --key
+    more/x.jpg` removes the one it names."""
+    a, more = tmp_path / "a", tmp_path / "more"
+    more.mkdir()
+    (more / "x.jpg").write_bytes(jpeg_bytes(32, 24, seed=200))
+    assert run(_cfg(built, [a, more], tmp_path, update=True)).complete
+    (a / "more").mkdir()
+    (a / "more" / "x.jpg").write_bytes(jpeg_bytes(32, 24, seed=201))
+    (a / "more" / "x~2.jpg").write_bytes(jpeg_bytes(32, 24, seed=202))
+    assert run(_cfg(built, [a, more], tmp_path, update=True)).complete
+    plan = load_plan(Store(built), tmp_path / "p.h5")
+    assert len(set(plan.keys)) == plan.n == 13
+    assert plan.keys[10:] == ["more/x.jpg", "more/x~2.jpg", "more/x~2~2.jpg"]
+    assert [plan.locators[i] for i in (10, 11, 12)] == ["x.jpg", "more/x.jpg", "more/x~2.jpg"]
+    assert remove(Store(built), Selection(keys=("more/x.jpg",))).selected == 1
+    assert load_removed(Store(built))[1].tolist() == [10]
 
 
 def test_gone_files_are_recorded_and_a_dropped_source_is_refused(tmp_path, built):

@@ -15,7 +15,9 @@ made before updates existed: see `source_prefixes`), `segment`, `first_id`.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from ..storage.store import Store
 from .layout import PREPROCESS, plan_unit
 
 PLAN_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 class Item(NamedTuple):
@@ -55,6 +58,32 @@ def display_key(key: str) -> str:
     """A key as valid UTF-8: a name that is not (undecodable bytes from the file system)
     shows U+FFFD where its bad bytes were; the file is still read by its real name."""
     return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def unique_key(key: str, taken: set[str]) -> str:
+    """`key`, or where another item holds it, `key` with `~2`, `~3`... before its
+    extension; the key returned is added to `taken`. Keys can meet: an unprefixed first
+    source that later grows a folder named like a newer source's prefix, two names whose
+    undecodable bytes show the same, an archive that holds one name twice."""
+    if key in taken:
+        stem, ext = posixpath.splitext(key)
+        n = 2
+        while f"{stem}~{n}{ext}" in taken:
+            n += 1
+        key = f"{stem}~{n}{ext}"
+    taken.add(key)
+    return key
+
+
+def _keys(prefix: str, entries: Sequence[Entry], taken: set[str]) -> list[str]:
+    """The keys of a source's new entries, unique against `taken` (which they join)."""
+    wanted = [display_key(prefix + e.key) for e in entries]
+    keys = [unique_key(k, taken) for k in wanted]
+    renamed = [(w, k) for w, k in zip(wanted, keys) if w != k]
+    if renamed:
+        logger.warning("%d new keys were in use already and got a ~N suffix (e.g. %s is %s)",
+                       len(renamed), *renamed[0])
+    return keys
 
 
 def source_prefixes(sources: Sequence[Source]) -> list[str]:
@@ -163,10 +192,10 @@ def make_plan(sources: Sequence[Source], listings: Sequence[Sequence[Entry]],
     """Number the listed entries (sources in the order given) and split them into shards."""
     assert len(sources) == len(listings)
     prefixes = source_prefixes(sources)
-    keys, src, locs, offs, sizes = [], [], [], [], []
+    keys, src, locs, offs, sizes, taken = [], [], [], [], [], set()
     for i, (prefix, entries) in enumerate(zip(prefixes, listings)):
+        keys += _keys(prefix, entries, taken)
         for e in entries:
-            keys.append(display_key(prefix + e.key))
             src.append(i)
             locs.append(e.locator)
             offs.append(e.offset)
@@ -192,16 +221,16 @@ def extend_plan(plan: Plan, sources: Sequence[Source], listings: Sequence[Sequen
             listed = {e.locator for e in entries}
             missing += [j for loc, j in known.items() if loc not in listed]
     prefixes = _prefixes_after(plan, sources)
-    keys, src, locs, offs, sizes = [], [], [], [], []
+    keys, src, locs, offs, sizes, taken = [], [], [], [], [], set(plan.keys)
     for i, (s, entries) in enumerate(zip(sources, listings)):
         known = have.get(s.url, {})
-        for e in entries:
-            if e.locator not in known:
-                keys.append(display_key(prefixes[i] + e.key))
-                src.append(i)
-                locs.append(e.locator)
-                offs.append(e.offset)
-                sizes.append(e.size)
+        new = [e for e in entries if e.locator not in known]
+        keys += _keys(prefixes[i], new, taken)
+        for e in new:
+            src.append(i)
+            locs.append(e.locator)
+            offs.append(e.offset)
+            sizes.append(e.size)
     if not keys and [s.url for s in sources] == plan.current:
         return None, sorted(missing)  # a segment of no items still records a new source list
     seg = Plan(list(sources), keys, np.asarray(src, np.int16), locs, np.asarray(offs, np.int64),
