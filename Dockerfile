@@ -34,14 +34,19 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY requirements*.txt ./
 # annoy ships no wheels: g++ builds it, then goes; tini reaps the decoders' processes
-# and passes signals on (the stages run as the container's first process otherwise)
+# and passes signals on (the stages run as the container's first process otherwise).
+# DL3013 (pin pip versions) is off here: the versions are the requirement files' (their
+# minimum versions, as for every install of the workflow), and FAISS and TENSORFLOW are
+# requirements that the build names, with a version where wanted (faiss-gpu-cu12==1.9.0);
+# hadolint takes "$@" (the -r options) and "$FAISS" for unpinned package names.
+# hadolint ignore=DL3013
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends tini g++ libstdc++6; \
     python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
         || apt-get install -y --no-install-recommends python3-dev; \
-    reqs=""; for r in $REQUIREMENTS; do reqs="$reqs -r $r"; done; \
-    python3 -m pip install $reqs; \
+    set --; for r in $REQUIREMENTS; do set -- "$@" -r "$r"; done; \
+    python3 -m pip install "$@"; \
     if [ "$FAISS" != faiss-cpu ]; then \
         python3 -m pip uninstall -y faiss-cpu; python3 -m pip install "$FAISS"; \
     fi; \
