@@ -1,8 +1,12 @@
-"""The container and the Kubernetes Job: the Dockerfile copies what exists and runs the
+"""The container and the Kubernetes Jobs: the Dockerfile copies what exists and runs the
 entry point; the Job asks for one GPU, restarts on failure and passes flags that the real
-parsers accept; the entry point maps every command of the CLI to its script, and runs a
-stage with the store in a bucket of a real S3-compatible server, a second time as a no-op.
+parsers accept; the preprocessing Job asks for no GPU and freezes the settings the main
+job's run_all resumes with; every manifest passes the Kubernetes API's schema (a broken
+copy does not); the ordering script starts the GPU Job only after preprocessing is
+complete; the entry point maps every command of the CLI to its script, and runs a stage
+with the store in a bucket of a real S3-compatible server, a second time as a no-op.
 """
+import copy
 import json
 import re
 import shutil
@@ -16,8 +20,11 @@ import pytest
 from conftest import ROOT, write_corpus
 
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
-JOB = ROOT / "deploy" / "k8s" / "job.yaml"
-SECRET = ROOT / "deploy" / "k8s" / "secret.example.yaml"
+K8S = ROOT / "deploy" / "k8s"
+JOB = K8S / "job.yaml"
+PREPROCESS_JOB = K8S / "preprocess-job.yaml"
+SECRET = K8S / "secret.example.yaml"
+RUN_IN_ORDER = K8S / "run-in-order.sh"
 DOCKERFILE = ROOT / "Dockerfile"
 # the entry point's name for a command of workflow.cli.COMMANDS, where they differ
 CLI_NAME = {"run_all": "all"}
@@ -155,10 +162,19 @@ def manifests(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def the_job() -> dict:
-    jobs = [d for d in manifests(JOB) if d["kind"] == "Job"]
+def the_job(path: Path = JOB) -> dict:
+    jobs = [d for d in manifests(path) if d["kind"] == "Job"]
     assert jobs and all(d["apiVersion"] == "batch/v1" for d in jobs)
     return jobs[0]
+
+
+def container_of(job: dict) -> dict:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
 def test_the_job_asks_for_one_gpu_and_restarts_where_it_failed():
@@ -187,8 +203,9 @@ def test_the_job_names_the_store_and_takes_credentials_from_the_secret():
 
 
 @needs_bash
-def test_every_flag_the_job_passes_is_accepted_by_the_command():
-    container = the_job()["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("path", [JOB, PREPROCESS_JOB], ids=lambda p: p.name)
+def test_every_flag_the_job_passes_is_accepted_by_the_command(path):
+    container = container_of(the_job(path))
     command, *args = [str(a) for a in container["args"]]
     assert command in entrypoint_commands()
     store = next(e["value"] for e in container["env"] if e["name"] == "WORKFLOW_STORE")
@@ -199,6 +216,231 @@ def test_every_flag_the_job_passes_is_accepted_by_the_command():
     assert parsed.store == store
     assert not getattr(parsed, "demo", False)
     assert "--no-progress" in args, "a progress bar in a pod's log is one long line"
+
+
+# ------------------------------------------------------------------ preprocessing on CPU
+
+def preprocess_config(job: dict):
+    """The preprocess stage's settings as a Job's command runs it: `preprocess` itself,
+    or the first stage of `run_all`, with the store from WORKFLOW_STORE."""
+    from workflow.options import config_from
+    from workflow.pipeline import stage_configs
+    from workflow.stages.preprocess import PreprocessConfig
+    container = container_of(job)
+    command, *args = [str(a) for a in container["args"]]
+    parsed = cli_parser(command).parse_args(
+        [*args, "--store", env_of(container)["WORKFLOW_STORE"]])
+    if command == "preprocess":
+        return config_from(PreprocessConfig, parsed)
+    assert command == "run_all", command
+    return stage_configs(parsed)["preprocess"]
+
+
+def test_the_preprocessing_job_asks_for_no_gpu():
+    job = the_job(PREPROCESS_JOB)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] > 0
+    container = container_of(job)
+    assert "command" not in container, "the image's ENTRYPOINT must run"
+    assert container["args"][0] == "preprocess"
+    resources = container["resources"]
+    assert not [name for part in resources.values() for name in part if "gpu" in name]
+    assert not [t for t in pod.get("tolerations", []) if "gpu" in t.get("key", "")]
+    assert "gpu" not in container["image"]
+    # one decoding process a core requested (the default would be the node's cores)
+    args = [str(a) for a in container["args"]]
+    assert args[args.index("--workers") + 1] == str(resources["requests"]["cpu"])
+    mounts = {m["name"] for m in container.get("volumeMounts", [])}
+    assert mounts <= {v["name"] for v in pod.get("volumes", [])}
+    assert job["metadata"]["name"] != the_job()["metadata"]["name"]
+
+
+def test_the_preprocessing_job_freezes_what_the_main_job_resumes_with():
+    from workflow.stages.planning import settings_of
+    pre, main = preprocess_config(the_job(PREPROCESS_JOB)), preprocess_config(the_job())
+    assert pre.store == main.store and pre.sources
+    # the frozen settings (run.json): any difference would stop the main job (exit 2)
+    assert settings_of(pre, list(pre.sources)) == settings_of(main, list(main.sources))
+    containers = container_of(the_job(PREPROCESS_JOB)), container_of(the_job())
+    assert containers[0]["envFrom"] == containers[1]["envFrom"]
+    assert env_of(containers[0]) == env_of(containers[1])
+
+
+# ------------------------------------------------------------------ the Kubernetes API
+
+# The manifests are checked against the API schema of the oldest and of the newest
+# Kubernetes release that kubernetes-validate (pinned in requirements-dev.txt) holds:
+# strict, so that a field the API does not have is an error (the API server would drop
+# or refuse it), and a field newer than the oldest release is one too.
+KUBERNETES_RELEASES = ("1.25", "1.37")
+# a resource quantity as the API server parses it (k8s.io/apimachinery, resource.Quantity);
+# the schema takes any string
+QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
+
+
+def quantities(node, where: str = ""):
+    """(path, value) of every resource request and limit and every sizeLimit."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from quantities(item, f"{where}.{i}")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}".lstrip(".")
+            if key in ("requests", "limits") and where.endswith("resources"):
+                yield from ((f"{here}.{name}", q) for name, q in value.items())
+            elif key == "sizeLimit":
+                yield here, value
+            else:
+                yield from quantities(value, here)
+
+
+def api_errors(doc: dict) -> list[str]:
+    """What the Kubernetes API would refuse in a manifest: its schema, for each release of
+    KUBERNETES_RELEASES; then what the API server checks beyond the schema: quantities,
+    and a Job's restart policy."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not "
+                             "installed (pip install -r requirements-dev.txt)")
+    errors = []
+    for release in KUBERNETES_RELEASES:
+        try:
+            kv.validate(doc, release, strict=True)
+        except kv.ValidationError as e:
+            where = ".".join(str(x) for x in e.absolute_path)
+            errors.append(f"Kubernetes {release}: {where}: {e.message}")
+        except kv.SchemaNotFoundError as e:
+            errors.append(f"Kubernetes {release}: {e.message}")
+    errors += [f"{where}: {value!r} is not a quantity" for where, value in quantities(doc)
+               if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                       or isinstance(value, str) and QUANTITY.fullmatch(value))]
+    if doc.get("kind") == "Job":
+        policy = doc.get("spec", {}).get("template", {}).get("spec", {}).get("restartPolicy")
+        if policy not in ("OnFailure", "Never"):
+            errors.append(f"spec.template.spec.restartPolicy: a Job's is OnFailure or "
+                          f"Never, not {policy!r}")
+    return errors
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_manifest_passes_the_kubernetes_api_schema(path):
+    docs = manifests(path)
+    assert docs
+    for doc in docs:
+        errors = api_errors(doc)
+        assert not errors, f"{path.name}, {doc.get('kind')}:\n" + "\n".join(errors)
+
+
+def _rename(mapping: dict, old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+def _pod(job: dict) -> dict:
+    return job["spec"]["template"]["spec"]
+
+
+# a change to job.yaml's Job, and what the refusal says (None: accepted, as written)
+CHANGES = {
+    "as written": (lambda job: None, None),
+    "a misspelled field": (
+        lambda job: _rename(job["spec"], "backoffLimit", "backofLimit"),
+        "spec: Additional properties are not allowed ('backofLimit' was unexpected)"),
+    "a misspelled field in the pod": (
+        lambda job: _rename(_pod(job)["tolerations"][0], "effect", "efect"),
+        "'efect' was unexpected"),
+    "a number as a string": (
+        lambda job: job["spec"].update(backoffLimit="20"),
+        "spec.backoffLimit: '20' is not of type 'integer'"),
+    "a string as a number": (
+        lambda job: container_of(job)["env"][0].update(value=10),
+        "10 is not of type 'string'"),
+    "a required field left out": (
+        lambda job: container_of(job)["volumeMounts"][0].pop("mountPath"),
+        "'mountPath' is a required property"),
+    "a field newer than the oldest release": (
+        lambda job: job["spec"].update(podReplacementPolicy="Failed"),
+        "Kubernetes 1.25: spec: Additional properties are not allowed "
+        "('podReplacementPolicy' was unexpected)"),
+    "a kind the API does not have": (
+        lambda job: job.update(kind="Jobs"), "Couldn't find schema for kind Jobs"),
+    "a quantity that is none": (
+        lambda job: container_of(job)["resources"]["limits"].update(memory="32 GB"),
+        "'32 GB' is not a quantity"),
+    "a restart policy a Job may not have": (
+        lambda job: _pod(job).update(restartPolicy="Always"), "OnFailure or Never"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_the_api_check_refuses_a_broken_job(change):
+    edit, refusal = CHANGES[change]
+    job = copy.deepcopy(the_job())
+    edit(job)
+    errors = api_errors(job)
+    if refusal is None:
+        assert errors == []
+    else:
+        assert [e for e in errors if refusal in e], errors
+
+
+# ------------------------------------------------------------------ the Jobs in order
+
+@pytest.fixture
+def fake_kubectl(tmp_path) -> dict[str, str]:
+    """A kubectl that logs each call's arguments, one call a line; answers `apply -f
+    FILE -o name` with the manifest's Job, and `get JOB` with no condition the first
+    time, then Complete (Failed for the Job named in $FAIL)."""
+    log = tmp_path / "kubectl.log"
+    script = tmp_path / "kubectl"
+    script.write_text(r'''#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$KUBECTL_LOG"
+prev=""; verb=""; file=""; job=""
+for a in "$@"; do
+    case "$prev" in -f) file="$a" ;; get) job="$a" ;; esac
+    case "$a" in apply | get) verb="$a" ;; esac
+    prev="$a"
+done
+if [ "$verb" = apply ]; then
+    echo "job.batch/$(sed -n 's/^  name: //p' "$file" | head -n 1)"
+elif [ "$verb" = get ]; then
+    seen="$KUBECTL_LOG.${job#job.batch/}"
+    if [ ! -e "$seen" ]; then touch "$seen"; echo; exit 0; fi
+    if [ "${job#job.batch/}" = "${FAIL:-}" ]; then echo Failed
+    else echo "SuccessCriteriaMet Complete"; fi
+fi
+''')
+    script.chmod(0o755)
+    return {"KUBECTL": str(script), "KUBECTL_LOG": str(log), "POLL_SECONDS": "0"}
+
+
+def run_in_order(env: dict[str, str], *options: str) -> tuple[subprocess.CompletedProcess,
+                                                                list[str]]:
+    from object_store import env_with
+    r = subprocess.run(["bash", str(RUN_IN_ORDER), *options], env=env_with(env),
+                       capture_output=True, text=True, timeout=60)
+    calls = Path(env["KUBECTL_LOG"]).read_text().splitlines()
+    return r, calls
+
+
+@needs_bash
+def test_the_gpu_job_is_applied_only_once_preprocessing_is_complete(fake_kubectl):
+    r, calls = run_in_order(fake_kubectl, "-n", "images")
+    assert r.returncode == 0, r.stderr
+    pre = f"job.batch/{the_job(PREPROCESS_JOB)['metadata']['name']}"
+    main = f"job.batch/{the_job()['metadata']['name']}"
+    expected = [f"apply -f {PREPROCESS_JOB} -o name"] + [f"get {pre} -o "] * 2 + \
+        [f"apply -f {JOB} -o name"] + [f"get {main} -o "] * 2
+    assert len(calls) == len(expected), calls
+    for call, start in zip(calls, expected):
+        assert call.startswith(f"-n images {start}"), (call, start)
+    assert f"{pre}: complete" in r.stdout and f"{main}: complete" in r.stdout
+
+
+@needs_bash
+def test_a_failed_preprocessing_job_stops_it_before_the_gpu(fake_kubectl):
+    pre = the_job(PREPROCESS_JOB)["metadata"]["name"]
+    r, calls = run_in_order({**fake_kubectl, "FAIL": pre})
+    assert r.returncode == 1
+    assert not [c for c in calls if str(JOB) in c], calls
+    assert f"job.batch/{pre}: failed" in r.stderr and "kubectl delete" in r.stderr
 
 
 # ------------------------------------------------------------------ the Dockerfile
