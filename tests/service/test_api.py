@@ -143,6 +143,45 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(srv):
     assert srv.get("/health")[0] == 200  # the server is alive
 
 
+def _send_then_read(port: int, head: bytes, body: bytes) -> bytes:
+    """A client that sends the whole request before it reads (as most do): the answer,
+    or b"reset" where the connection was reset under it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        try:
+            s.sendall(head + body)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+        except OSError as e:  # reset, broken pipe, not connected
+            return b"reset: " + str(e).encode()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_sends_an_oversized_upload_whole_reads_the_413(srv):
+    """Up to 4 times the limit the body is read and dropped before the 413, so that the
+    client still writing it is not reset; a declared size beyond that, or a client that
+    waits for "100 Continue", gets the 413 at once."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n"
+            + b"\0" * (3 << 20))  # 3 MB against the limit of 1 MB
+    head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: %d\r\n\r\n" % len(body))
+    replies = [_send_then_read(srv.port, head, body) for _ in range(20)]
+    assert all(r.startswith(b"HTTP/1.1 413") for r in replies), \
+        sorted({r[:12] for r in replies})
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in _chunks(body)) + b"0\r\n\r\n"
+    head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")
+    replies = [_send_then_read(srv.port, head, chunked) for _ in range(10)]
+    assert all(r.startswith(b"HTTP/1.1 413") for r in replies), \
+        sorted({r[:12] for r in replies})
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: 3145728\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 413")  # no "100 Continue" first
+
+
 def _chunks(data: bytes):
     for i in range(0, len(data), 1 << 16):
         yield data[i:i + (1 << 16)]

@@ -263,6 +263,35 @@ def _drop_and_paste(browser, query_id: str) -> None:
         assert "id" not in _query_of(browser.current_url)
 
 
+# a file of `size` bytes dropped on the page
+DROP_BIG = """
+    const [size, done] = arguments;
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(size)], "huge.jpg", { type: "image/jpeg" }));
+    document.getElementById("drop").dispatchEvent(
+      new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+    done();
+"""
+
+
+def _too_large(browser, server) -> None:
+    """An image over the server's limit is refused by the page, in words, unsent."""
+    from selenium.webdriver.common.by import By
+    limit = json.loads(_get(f"{server}/status")[1])["max_upload_bytes"]
+    before = _get(f"{server}/metrics")[1]
+    browser.execute_async_script(DROP_BIG, limit + 1)
+    _wait(browser, lambda d: "Too large" in _text(d, "#status"), "the too-large message")
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    assert f"up to {limit / 2**20:.1f} MB" in _text(browser, "#status"), _text(browser, "#status")
+    assert _searches(_get(f"{server}/metrics")[1]) == _searches(before)  # nothing was sent
+
+
+def _searches(metrics: bytes) -> float:
+    """POST /search requests counted by the service's metrics."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.decode().splitlines()
+               if line.startswith("workflow_requests_total") and 'route="/search"' in line)
+
+
 def _on_a_phone(browser, tmp_path: Path) -> None:
     """At a phone's width the page fits: no sideways scrolling, cards in columns."""
     browser.set_window_size(390, 844)
@@ -283,6 +312,7 @@ def test_the_page_searches_by_upload_card_click_history_and_id(store, server, br
     assert not (errors := _severe(browser)), errors
     _typed_ids(browser, server, cards[0]["id"])
     _drop_and_paste(browser, cards[0]["id"])
+    _too_large(browser, server)
     _on_a_phone(browser, tmp_path)
     assert not (errors := _severe(browser)), errors
 

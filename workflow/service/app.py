@@ -133,11 +133,11 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
         """Key, original size, status and reason of an image."""
         return await gate.run(searcher.item, image_id)
 
-    _info_routes(app, searcher, metrics, status)
+    _info_routes(app, searcher, metrics, status, limits)
     return app
 
 
-def _info_routes(app: FastAPI, searcher, metrics: Metrics, status) -> None:
+def _info_routes(app: FastAPI, searcher, metrics: Metrics, status, limits: Limits) -> None:
     """/health, /status, /metrics and the page."""
     @app.get("/health")
     async def health():
@@ -152,7 +152,8 @@ def _info_routes(app: FastAPI, searcher, metrics: Metrics, status) -> None:
                 "params": [f.name for f in dataclasses.fields(SearchParams)],
                 "cache": searcher.cache.stats(), "removed": searcher.removed_count,
                 "duplicate_groups": groups_summary(searcher.store),
-                "vectors": int(searcher.index.ntotal), "dim": searcher.d}
+                "vectors": int(searcher.index.ntotal), "dim": searcher.d,
+                "max_upload_bytes": int(limits.max_upload_mb * 2**20)}
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

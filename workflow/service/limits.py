@@ -22,18 +22,32 @@ class Busy(Exception):
     """No computing slot came free within the queue timeout."""
 
 
+DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
+
+
 class BodyLimit:
-    """ASGI middleware: a declared Content-Length over `limit` bytes is answered 413 at
-    once, unread; a body that streams past it raises UploadTooLarge where it is read."""
+    """ASGI middleware: a body over `limit` bytes is answered 413.
+
+    A server that answers and closes with much of a request unread makes its kernel reset
+    the connection, and a client still sending (as most do: the whole request, then the
+    answer) sees the reset, not the 413. So a body up to DRAIN_FACTOR times the limit is
+    read and dropped first; one declared larger, or whose client waits for "100
+    Continue" before sending it, is answered at once, unread. A body without a declared
+    size that streams past the limit raises UploadTooLarge where it is read, after the
+    same draining."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+        self.drain = DRAIN_FACTOR * limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            if int(length) <= self.drain and b"100-continue" not in headers.get(b"expect", b""):
+                await self._read_rest(receive, 0)
             return await _reply_413(send, str(UploadTooLarge(self.limit)))
         seen = 0
 
@@ -43,9 +57,21 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    if message.get("more_body"):
+                        await self._read_rest(receive, seen)
                     raise UploadTooLarge(self.limit)
             return message
         await self.app(scope, counted, send)
+
+    async def _read_rest(self, receive, seen: int) -> None:
+        """Read and drop the rest of the body, up to `drain` bytes in all."""
+        while seen <= self.drain:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
 
 async def _reply_413(send, detail: str) -> None:

@@ -13,6 +13,7 @@ let seq = 0; // number of the newest request: older answers are dropped
 let entry = 0; // numbers the image queries
 const PAGE = Math.random().toString(36).slice(2); // entries of an earlier page life differ
 let downloadUrl = null;
+let maxUpload = null; // the server's upload limit in bytes (from /status)
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -37,8 +38,13 @@ function applyOptions(params) {
   $("collapse").checked = params.get("collapse_duplicates") === "true";
 }
 
+function megabytes(bytes) {
+  return `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 1)} MB`;
+}
+
 function errorText(body, res) {
   const d = body && body.detail;
+  if (res.status === 413) return `Too large: ${typeof d === "string" ? d : "the upload"}`;
   if (typeof d === "string") return d;
   if (Array.isArray(d)) return d.map((e) => e.msg || JSON.stringify(e)).join("; ");
   return `${res.status} ${res.statusText || "error"}`;
@@ -151,6 +157,12 @@ function go(query, how) {
 
 function upload(file) {
   if (!file) return;
+  if (maxUpload && file.size > maxUpload) {
+    // refused here: sent, it would get a 413, or a reset while it is still being sent
+    setStatus(`Too large: this image is ${megabytes(file.size)}; the server takes uploads ` +
+      `up to ${megabytes(maxUpload)} (its --max-upload-mb).`, true);
+    return;
+  }
   const n = `${PAGE}:${++entry}`;
   uploads.set(n, { file, url: URL.createObjectURL(file) });
   for (const old of uploads.keys()) {
@@ -182,6 +194,7 @@ async function loadModes() {
     const res = await fetch("/status");
     if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
     const s = await res.json();
+    maxUpload = s.max_upload_bytes || null;
     const modes = s.modes || [];
     select.replaceChildren(...modes.map((m) => new Option(m, m, false, m === s.default_mode)));
     $("collapse-label").hidden = !s.duplicate_groups; // only once the groups exist
