@@ -11,7 +11,8 @@
 # GPU on TensorFlow's own image (its TensorFlow already sees the GPU; 2.16 or later):
 #   docker build -t image-index:gpu --build-arg BASE=tensorflow/tensorflow:2.17.0-gpu \
 #       --build-arg FAISS=faiss-gpu-cu12 .
-# Any Debian or Ubuntu image with Python 3.10+ and pip can be the BASE.
+# Any Debian or Ubuntu image with Python 3.10+ and pip can be the BASE (python3 and
+# python3-pip from the distribution will do).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
@@ -24,10 +25,14 @@ ARG TENSORFLOW=
 # for --executor spark)
 ARG REQUIREMENTS="requirements.txt requirements-s3.txt"
 
+# PIP_BREAK_SYSTEM_PACKAGES: the Python of a Debian 12+ or Ubuntu 23.04+ BASE (python3,
+# python3-pip) refuses pip's installs ("externally-managed-environment", PEP 668); in an
+# image of its own, the workflow is what that Python is for. Ignored elsewhere.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHON=python3 \
     WORKFLOW_SCRATCH=/scratch
 
