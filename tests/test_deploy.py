@@ -8,7 +8,9 @@ with the store in a bucket of a real S3-compatible server, a second time as a no
 """
 import copy
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -469,17 +471,27 @@ def test_the_dockerfile_copies_paths_that_exist_and_are_not_ignored():
     ignored = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines()
                if x.strip() and not x.startswith("#")]
     assert ".git" in ignored and "checkpoints" in ignored
+    def is_ignored(path: str) -> bool:
+        return any(fnmatch(path, p) for p in ignored)
+
     copied = []
     for kind, a in instructions():
         if kind == "COPY":
             parts = [p for p in a.split() if not p.startswith("--")]
             for source in parts[:-1]:
-                found = sorted(ROOT.glob(source.rstrip("/")))
+                found = [p.relative_to(ROOT).as_posix()
+                         for p in sorted(ROOT.glob(source.rstrip("/")))]
+                if any(c in source for c in "*?["):  # a pattern: what is left of it
+                    found = [p for p in found if not is_ignored(p)]
+                else:
+                    assert not is_ignored(source.rstrip("/")), f"{source} is in .dockerignore"
                 assert found, f"COPY {source}: nothing there"
-                copied += [p.relative_to(ROOT).as_posix() for p in found]
+                copied += found
     assert {"workflow", "scripts", "deploy", "requirements.txt"} <= set(copied)
-    for path in copied:
-        assert not [p for p in ignored if fnmatch(path, p)], f"{path} is in .dockerignore"
+    # every requirement file the Dockerfile names (REQUIREMENTS) goes into the image; the
+    # others (dev, bench) stay out, so that changing them does not rebuild the stack
+    assert set(re.findall(r"requirements[\w-]*\.txt", DOCKERFILE.read_text())) <= set(copied)
+    assert "requirements-dev.txt" not in copied
 
 
 def test_every_requirements_file_the_image_installs_exists():
@@ -496,3 +508,85 @@ def test_every_requirements_file_the_image_installs_exists():
     readme = (ROOT / "README.md").read_text()
     for package in re.findall(r"FAISS=(\S+)", text):
         assert package == "faiss-cpu" or package in readme, package
+
+
+# ------------------------------------------------------------------ the image, built
+
+# Opt-in, as it takes minutes (about 5 on 2 cores: the build installs the whole stack):
+# IMAGE_TEST_BASE names a base image the engine has already, e.g. python:3.11-slim after
+# `podman pull python:3.11-slim`, or a Debian made offline with debootstrap (python3,
+# python3-pip) and `podman import`; IMAGE_TEST_ENGINE is the engine's command
+# [default: podman]. The image is built, run, and removed.
+IMAGE_TEST_BASE = os.environ.get("IMAGE_TEST_BASE", "")
+
+
+def engine_run(engine: list[str], *args: str, timeout: float = 600) -> \
+        subprocess.CompletedProcess:
+    return subprocess.run([*engine, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built_image():
+    if not IMAGE_TEST_BASE:
+        pytest.skip("opt-in (minutes): set IMAGE_TEST_BASE to a local base image, and "
+                    "IMAGE_TEST_ENGINE where not podman, to build the image and run a "
+                    "stage in it")
+    engine = shlex.split(os.environ.get("IMAGE_TEST_ENGINE", "podman"))
+    if shutil.which(engine[0]) is None:
+        pytest.skip(f"{engine[0]} is not installed (IMAGE_TEST_ENGINE)")
+    if engine_run(engine, "image", "inspect", IMAGE_TEST_BASE, timeout=60).returncode:
+        pytest.skip(f"{engine[0]} has no image {IMAGE_TEST_BASE} (IMAGE_TEST_BASE)")
+    tag = f"localhost/image-index:test-{os.getpid()}"
+    build = engine_run(engine, "build", "--build-arg", f"BASE={IMAGE_TEST_BASE}", "-t", tag,
+                       str(ROOT), timeout=1800)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
+    try:
+        yield engine, tag
+    finally:
+        engine_run(engine, "rmi", "-f", tag, timeout=300)
+
+
+@pytest.mark.timeout(2400)
+def test_the_built_image_lists_its_commands_and_runs_as_a_user(built_image):
+    engine, tag = built_image
+    helped = engine_run(engine, "run", "--rm", tag)
+    assert helped.returncode == 0, helped.stderr
+    assert entrypoint_commands() == next(
+        x for x in helped.stdout.splitlines() if x.startswith("commands:")).split()[1:]
+    uid = engine_run(engine, "run", "--rm", "--entrypoint", "id", tag, "-u")
+    assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0"), uid
+
+
+@pytest.mark.timeout(2400)
+def test_the_built_image_runs_a_stage_on_object_storage(built_image, tmp_path):
+    pytest.importorskip("s3fs", reason="s3fs is not installed "
+                        "(pip install -r requirements-s3.txt)")
+    pytest.importorskip("moto.server", reason="moto[server] is not installed "
+                        "(pip install -r requirements-dev.txt)")
+    import s3fs
+
+    from object_store import MotoServer, make_bucket, s3_env
+
+    engine, tag = built_image
+    write_corpus(tmp_path / "corpus", 12, size=(48, 40))
+    with MotoServer(tmp_path / "moto.log") as server:
+        for bucket in ("photos", "index-store"):
+            make_bucket(server.endpoint, bucket)
+        fs = s3fs.S3FileSystem(endpoint_url=server.endpoint, key="testing",
+                               secret="testing", skip_instance_cache=True)
+        fs.put(str(tmp_path / "corpus"), "photos/corpus", recursive=True)
+        env = {**s3_env(server.endpoint), "WORKFLOW_STORE": "s3://index-store/store"}
+        run = [*engine, "run", "--rm", "--network", "host",
+               *[f"--env={k}={v}" for k, v in env.items()], tag]
+        stage = subprocess.run(
+            [*run, "preprocess", "--source", "s3://photos/corpus/", "--shard-size", "8",
+             "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=600)
+        assert stage.returncode == 0, (stage.stdout + stage.stderr)[-6000:]
+        assert "preprocess complete" in stage.stdout
+        status = subprocess.run([*run, "status"], capture_output=True, text=True,
+                                timeout=300)
+        assert status.returncode == 0, status.stderr[-4000:]
+        assert re.search(r"preprocess\s+complete: 2/2 shards", status.stdout), status.stdout
+        written = {k.removeprefix("index-store/store/") for k in fs.find("index-store/store")}
+        assert {"images/shard-00000.h5", "images/shard-00001.h5",
+                "_done/preprocess/report.json"} <= written
