@@ -129,6 +129,24 @@ def test_run_all_stops_before_a_stage_when_no_time_is_left(tmp_path, monkeypatch
     assert "re-run the same command (python scripts/run_all.py" in caplog.text
 
 
+def test_an_object_store_client_network_error_is_exit_2_with_a_message(monkeypatch, caplog):
+    """Where a network error of the object store's client (botocore's, no OSError)
+    escapes the store's retries (a source being listed), it is exit status 2 and one
+    message, not a traceback."""
+    botocore = pytest.importorskip("botocore.exceptions")
+
+    def refused(_args):
+        raise botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/src")
+    monkeypatch.setitem(cli.COMMANDS, "status", (cli.status_parser, refused))
+    with caplog.at_level(logging.ERROR, logger="workflow"):
+        assert cli.main(["status", "--store", "s3://b/x"]) == 2
+    assert "the connection to the object store failed (EndpointConnectionError: " \
+        "Could not connect to the endpoint URL: \"http://127.0.0.1:9/src\")" in caplog.text
+    monkeypatch.setitem(cli.COMMANDS, "status", (cli.status_parser, lambda a: 1 / 0))
+    with pytest.raises(ZeroDivisionError):  # any other error is a bug: its traceback
+        cli.main(["status", "--store", "s3://b/x"])
+
+
 def test_the_same_field_under_two_flags_keeps_two_destinations():
     assert dest_of(PrefilterConfig, "seed") == "annoy_seed"
     assert dest_of(EvaluateConfig, "seed") == "eval_seed"

@@ -31,6 +31,7 @@ from .options import (
 from .options import finish as _exit
 from .options import parser as _parser
 from .pipeline import all_parser, run_all
+from .utils import is_transient
 
 logger = logging.getLogger("workflow")
 
@@ -356,6 +357,14 @@ def run_command(name: str, argv: Sequence[str] | None) -> int:
         logger.error("no space left on the disk (%s). Free some space, or give --scratch a "
                      "folder on a larger disk; committed work is kept, so re-run the same "
                      "command to resume", e.filename or e)
+        return EXIT_ERROR
+    except Exception as e:
+        if not is_transient(e):  # an object store client's network error (botocore's)
+            raise
+        logger.error("the connection to the object store failed (%s: %s). Check that it "
+                     "runs and is reachable from here (for s3://, the endpoint comes from "
+                     "AWS_ENDPOINT_URL or endpoint_url in --storage-options), then re-run "
+                     "the same command: finished work is kept", type(e).__name__, e)
         return EXIT_ERROR
 
 

@@ -170,6 +170,22 @@ def test_a_store_that_is_not_writable_says_so(tmp_path, monkeypatch):
         s.write_json("run.json", {})
 
 
+def test_an_object_store_out_of_reach_is_a_store_error_not_a_traceback(tmp_path, monkeypatch):
+    """botocore's network errors are no OSErrors: retried all the same, then one
+    StoreError (exit status 2) that says what failed and where."""
+    botocore = pytest.importorskip("botocore.exceptions")
+    s = Store(f"memory://reach-{os.getpid()}", scratch=tmp_path / "s", retry_delay=0.001)
+
+    def refused(*a, **k):
+        raise botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/run.json")
+    monkeypatch.setattr(s.fs, "cat_file", refused)
+    with pytest.raises(StoreError, match=r"read memory://reach-\d+/run.json: "
+                       r"EndpointConnectionError: .*http://127.0.0.1:9/b/run.json.* \(still "
+                       r"failing after 6 attempts; check that the memory:// service is "
+                       "reachable"):
+        s.read_json("run.json")
+
+
 def test_a_large_verified_copy_is_not_hashed_again_unless_it_changed(store, tmp_path,
                                                                      monkeypatch):
     import workflow.storage.store as mod

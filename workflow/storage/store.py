@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 
 from ..errors import CorruptFile, StoreError
-from ..utils import retry_io, sha256_file
+from ..utils import is_transient, retry_io, sha256_file
 from .frozen import freeze
 from .marker import Marker
 from .mounts import reads_in_place
@@ -34,6 +34,12 @@ TMP_TAG = ".tmp-"
 STAMP = ".verified"  # beside a fetched local copy: the marker it was checked against
 STAMP_MIN_BYTES = 16 << 20
 FORMAT_VERSION = 1
+# where an object store's credentials and endpoint come from, for messages (by protocol)
+CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws, an instance "
+               "role, or key and secret in --storage-options",
+               "gs": "GOOGLE_APPLICATION_CREDENTIALS, the machine's account, or token in "
+               "--storage-options"}
+ENDPOINTS = {"s3": "AWS_ENDPOINT_URL, or endpoint_url in --storage-options"}
 
 
 def default_scratch(store_url: str) -> Path:
@@ -65,9 +71,15 @@ class Store:
         if verify not in ("sha256", "size"):
             raise ValueError(f"verify must be 'sha256' or 'size', not {verify!r}")
         self.verify, self.retries, self.retry_delay = verify, retries, retry_delay
+        # in a bucket (s3fs, gcsfs, ...) there are no folders to make, and the bucket is
+        # never made here: it is checked first
+        self.bucketed = not self.is_local and hasattr(self.fs, "split_path")
+        if self.bucketed:
+            self._open_bucket()
         if create:
-            self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True),
-                        f"create store {url}")
+            if not self.bucketed:
+                self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True),
+                            f"create store {url}")
         elif not self._retry(lambda: self.fs.isdir(self.root), f"open store {url}"):
             raise StoreError(f"there is no store at {url}; check --store (is Drive mounted?)")
 
@@ -88,13 +100,61 @@ class Store:
         except FileNotFoundError:
             raise
         except PermissionError as e:
+            if not self.is_local:
+                raise StoreError(f"{what}: {self.endpoint} refused access ({e}). Check "
+                                 f"the credentials ({self._credentials}) and that they may "
+                                 "read and write the bucket; finished work is kept") from e
             raise StoreError(f"{what}: permission denied ({e.filename or e}). Check that the "
                              "store is writable by you (a Drive mounted read-only? a shared "
                              "folder you may only read?); finished work is kept") from e
-        except OSError as e:
-            raise StoreError(f"{what}: {e} (still failing after {self.retries} attempts; "
-                             "check that the store is reachable - e.g. that Drive is "
-                             "still mounted - and re-run: finished work is kept)") from e
+        except Exception as e:
+            # OSErrors, and the object store client's network errors (not OSErrors)
+            if not isinstance(e, OSError) and not is_transient(e):
+                raise
+            where = ("the store is reachable - e.g. that Drive is still mounted -"
+                     if self.is_local else f"{self.endpoint} is reachable")
+            raise StoreError(f"{what}: {_reason(e)} (still failing after {self.retries} "
+                             f"attempts; check that {where} and re-run: finished work is "
+                             "kept)") from e
+
+    @property
+    def endpoint(self) -> str:
+        """Where an object store's requests go, for messages: the S3 client's endpoint (an
+        S3-compatible server's address, or AWS's), else the store's protocol."""
+        try:
+            return self.fs.s3.meta.endpoint_url
+        except Exception:  # noqa: BLE001 - not s3fs, or no client
+            return f"the {_protocols(self.fs)[0]}:// service"
+
+    @property
+    def _credentials(self) -> str:
+        return CREDENTIALS.get(_protocols(self.fs)[0], "--storage-options")
+
+    def _open_bucket(self) -> None:
+        """Reach the store's bucket before anything else. An endpoint out of reach,
+        credentials it refuses and a bucket that does not exist each stop the command
+        here, with one message that says which and what to do (a stage would otherwise
+        retry every call for minutes, or create a mistyped bucket)."""
+        bucket = self.root.split("/", 1)[0]
+        try:  # not retried here: the client has retried a refused connection itself
+            self.fs.info(bucket)  # (botocore: 5 attempts in some 10 s)
+        except FileNotFoundError:
+            raise StoreError(f"there is no bucket {bucket!r} at {self.endpoint} (--store "
+                             f"{self.url}): create it first, or correct --store (or the "
+                             "endpoint: " + ENDPOINTS.get(_protocols(self.fs)[0], "--storage-"
+                             "options") + ")") from None
+        except PermissionError as e:
+            raise StoreError(f"{self.endpoint} refused access to bucket {bucket!r} ({e}): "
+                             f"check the credentials ({self._credentials}) and that they "
+                             "may read and write the bucket") from None
+        except Exception as e:
+            if not isinstance(e, OSError) and not is_transient(e):
+                raise
+            endpoint = ENDPOINTS.get(_protocols(self.fs)[0])
+            raise StoreError(f"cannot reach {self.endpoint} for --store {self.url} "
+                             f"({_reason(e)}): check that the server runs and is reachable "
+                             "from here" + (f", and the endpoint ({endpoint})" if endpoint
+                                            else "") + "; then re-run") from None
 
     def exists(self, rel: str) -> bool:
         def probe():  # not fs.exists(): it answers False on any error, even a dropped mount
@@ -155,13 +215,18 @@ class Store:
 
         def write():
             try:
-                self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+                self._makedirs(rel)
                 self.fs.pipe_file(self.path(tmp), data)
                 self._rename(tmp, rel)
             except BaseException:
                 self._remove_quietly(tmp)
                 raise
         self._retry(write, f"write {self.display(rel)}")
+
+    def _makedirs(self, rel: str) -> None:
+        """The folder of `rel` (none in a bucket: a request saved per write)."""
+        if not self.bucketed:
+            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
 
     def _remove_quietly(self, rel: str) -> None:
         """Remove a temporary file, retrying; never raises (the connection may be gone
@@ -237,7 +302,7 @@ class Store:
     def _upload(self, local: str, rel: str, size: int, sha: str) -> None:
         tmp = f"{rel}{TMP_TAG}{uuid.uuid4().hex[:8]}"
         try:
-            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+            self._makedirs(rel)
             self.fs.put_file(local, self.path(tmp))
             self._invalidate()
             got = int(self.fs.info(self.path(tmp))["size"])
@@ -393,6 +458,11 @@ def _stamp(local: Path, marker: Marker) -> None:
         return
     local.with_name(local.name + STAMP).write_text(
         json.dumps([marker.sha256, st.st_size, st.st_mtime_ns]))
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one line for a message: its kind and what it says."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _protocols(fs) -> tuple:
