@@ -7,6 +7,7 @@ loses everything. Each request the server answers is one line of its log (`reque
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -98,17 +99,46 @@ def make_bucket(endpoint: str, name: str) -> None:
                       skip_instance_cache=True).mkdir(name)
 
 
+def require_credentials(endpoint: str) -> tuple[str, str]:
+    """Make moto check credentials from now on, as a real server does (by default it
+    takes any): an IAM user allowed every S3 action is made first; its (access key id,
+    secret key). moto's signature check refuses some requests that carry the right key
+    (listings), so this server is for testing refusals only."""
+    import boto3
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_user(UserName="stages")
+    iam.put_user_policy(UserName="stages", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="stages")["AccessKey"]
+    req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+                                 headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(req, timeout=10).read()  # authenticate after 0 more requests
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`target`. `stop()` cuts every connection
     and stops listening (clients see refused connections); `start()` listens again on
-    the same port. `sent` / `received`: bytes carried to and from the target."""
+    the same port. `sent` / `received`: bytes carried to and from the target.
+
+    `cut_when(pattern, seconds)` cuts the network the moment a client sends bytes that
+    hold `pattern` (a request line: `b"PUT /bucket/store/features/shard-00002"`; those
+    bytes never reach the server) and brings it back `seconds` later: a cut at an exact
+    point of a stage, not at a moment that a fast stage may have passed already."""
 
     def __init__(self, target: int, port: int | None = None):
         self.target, self.port = target, port or free_port()
         self.sent = self.received = 0
+        self.cuts: list[bytes] = []  # the patterns that cut the network, in order
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
+        self._trigger: tuple[bytes, float] | None = None
+        self._back = threading.Event()
+        self._back.set()
+        self._timer: threading.Timer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -119,6 +149,8 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # a cut in progress ends with the proxy
         self.stop()
 
     def start(self) -> None:
@@ -132,6 +164,10 @@ class TcpProxy:
     def stop(self) -> None:
         ls, self._listener = self._listener, None
         if ls is not None:
+            try:  # wakes the accepting thread: a closed socket would accept once more
+                ls.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             ls.close()
         with self._lock:
             conns, self._conns = self._conns, []
@@ -141,6 +177,28 @@ class TcpProxy:
             except OSError:
                 pass
             c.close()
+
+    def cut_when(self, pattern: bytes, seconds: float) -> None:
+        """Arm a cut: the next client bytes holding `pattern` stop the proxy, which
+        starts again `seconds` later (`wait_until_back`)."""
+        with self._lock:
+            self._trigger = (pattern, seconds)
+
+    def wait_until_back(self, timeout: float | None = None) -> bool:
+        """Wait for the end of a cut in progress; True if the network is back."""
+        return self._back.wait(timeout)
+
+    def _cut(self, pattern: bytes, seconds: float) -> None:
+        self._back.clear()
+        self.cuts.append(pattern)
+        self.stop()
+
+        def back():
+            self.start()
+            self._back.set()
+        self._timer = threading.Timer(seconds, back)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _accept(self, ls: socket.socket) -> None:
         while True:
@@ -161,6 +219,12 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while data := src.recv(1 << 16):
+                if up and self._trigger is not None and self._trigger[0] in data:
+                    with self._lock:
+                        trigger, self._trigger = self._trigger, None
+                    if trigger is not None:
+                        self._cut(*trigger)
+                        return
                 dst.sendall(data)
                 with self._lock:
                     if up:

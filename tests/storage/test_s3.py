@@ -4,10 +4,15 @@ in its own process on 127.0.0.1, reached through the standard variables (or
 
 Every stage with the store in one bucket and the sources in another equals, byte for
 byte, the same job with the store on local disk; a network cut in the middle of a stage
-costs retries, not data; search reads its shards from the bucket."""
+costs retries, not data; an endpoint out of reach, a missing bucket and a wrong key stop
+a stage at its start with one message; a restarted service reuses the large files it
+staged in from the bucket."""
 import json
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,15 @@ pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -r requir
 pytest.importorskip("moto.server", reason="moto[server] is not installed "
                     "(pip install -r requirements-dev.txt)")
 
-from object_store import MotoServer, env_with, make_bucket, s3_env  # noqa: E402
+from object_store import (  # noqa: E402
+    MotoServer,
+    TcpProxy,
+    env_with,
+    free_port,
+    make_bucket,
+    require_credentials,
+    s3_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SMALL = ["--model", "efficientnet-b0", "--weights", "none", "--input-size", "32",
@@ -108,11 +121,19 @@ def local_run(server, source, tmp_path_factory) -> Path:
     return store
 
 
-def test_every_stage_with_the_store_in_a_bucket_equals_a_local_disk_run(
-        server, source, local_run, tmp_path):
+@pytest.fixture(scope="module")
+def bucket_run(server, source) -> str:
+    """The whole job with the store in a bucket, reached through the standard variables
+    and nothing else."""
     url = "s3://index-store/whole"
-    env = s3_env(server.endpoint)  # the standard variables, nothing else
-    run(["scripts/run_all.py", "--source", source, "--store", url, *SMALL], env)
+    run(["scripts/run_all.py", "--source", source, "--store", url, *SMALL],
+        s3_env(server.endpoint))
+    return url
+
+
+def test_every_stage_with_the_store_in_a_bucket_equals_a_local_disk_run(
+        server, source, bucket_run, local_run, tmp_path):
+    url, env = bucket_run, s3_env(server.endpoint)
     got, want = files(download(server.endpoint, url, tmp_path / "got")), files(local_run)
     assert_same_job(got, want)
     assert not leftovers(tmp_path / "got")
@@ -123,3 +144,134 @@ def test_every_stage_with_the_store_in_a_bucket_equals_a_local_disk_run(
     assert_same_job(after, got)
     assert {n for n in got if after[n] != got[n]} <= {
         n for n in got if n.startswith(("evaluation/", "_done/evaluate/", "run.json"))}
+
+
+# ------------------------------------------------------------------ faults
+
+CUT_SECONDS = 5
+EXTRACT_ARGS = SMALL[:8]  # the model, its weights, input and batch size
+assert EXTRACT_ARGS[-2:] == ["--batch-size", "8"]
+
+
+def assert_one_clear_error(r: subprocess.CompletedProcess, *names: str) -> str:
+    """Exit status 2 and one error line that names each of `names` (the endpoint, the
+    bucket), no traceback; the error line."""
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-4000:]
+    assert "Traceback" not in r.stderr, r.stderr[-4000:]
+    assert all(n in errors[0] for n in names), errors[0]
+    return errors[0]
+
+
+def test_a_network_cut_in_extract_and_in_add_costs_retries_not_data(
+        server, source, local_run, tmp_path):
+    """The network is cut for a few seconds while extract uploads a feature shard, and
+    while add downloads one: each stage finishes (or stops with a clear error and its
+    re-run finishes), with the bytes of an uncut run and no temporary object left."""
+    url = "s3://index-store/cut"
+    run(["scripts/01_preprocess.py", "--source", source, "--store", url, "--shard-size",
+         "8", "--no-progress"], s3_env(server.endpoint))
+    with TcpProxy(server.port) as proxy:
+        for script, args, cut_at in (
+                ("02_extract.py", EXTRACT_ARGS, b"PUT /index-store/cut/features/shard-00002"),
+                ("03_train.py", [], None),
+                ("04_add.py", [], b"GET /index-store/cut/features/shard-00003.h5 ")):
+            cmd = [f"scripts/{script}", "--store", url, "--no-progress", *args]
+            if cut_at:
+                proxy.cut_when(cut_at, CUT_SECONDS)
+            r = run(cmd, s3_env(proxy.endpoint), check=False)
+            if cut_at:
+                assert proxy.cuts[-1] == cut_at, f"{script} never sent {cut_at!r}"
+                assert proxy.wait_until_back(60)
+            if r.returncode != 0:  # it gave up: a clear error, then the re-run finishes
+                assert_one_clear_error(r, proxy.endpoint)
+                run(cmd, s3_env(proxy.endpoint))
+    assert len(proxy.cuts) == 2
+    got = files(download(server.endpoint, url, tmp_path / "got"))
+    assert not leftovers(tmp_path / "got")
+    want = files(local_run)
+    parts = ("features/", "index/", "_done/extract/", "_done/add/")
+    assert sorted(n for n in got if n.startswith(parts)) == \
+        sorted(n for n in want if n.startswith(parts))
+    for name in (n for n in want if n.startswith(parts)):
+        if name.endswith(".json"):
+            assert without(json.loads(got[name])) == without(json.loads(want[name])), name
+        else:
+            assert got[name] == want[name], name
+
+
+def test_an_endpoint_out_of_reach_a_missing_bucket_and_a_wrong_key_stop_at_once(
+        server, tmp_path):
+    """Each stops the stage at its start with exit status 2 and one message that says
+    which and what to do; a missing bucket is not created; no secret is printed."""
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    extract = ["scripts/02_extract.py", "--no-progress", *EXTRACT_ARGS, "--store"]
+    t = time.monotonic()
+    r = run([*extract, "s3://index-store/job"], s3_env(nowhere), check=False)
+    assert "cannot reach" in assert_one_clear_error(r, nowhere, "AWS_ENDPOINT_URL")
+    assert time.monotonic() - t < 60  # the client's own retries, not minutes of ours
+
+    for cmd in ([*extract, "s3://no-such-bucket/job"],
+                ["-m", "workflow", "status", "--store", "s3://no-such-bucket/job"]):
+        r = run(cmd, s3_env(server.endpoint), check=False)
+        assert "there is no bucket 'no-such-bucket'" in assert_one_clear_error(
+            r, server.endpoint, "create it")
+    assert not s3(server.endpoint).exists("no-such-bucket")
+
+    with MotoServer(tmp_path / "auth.log") as strict:
+        make_bucket(strict.endpoint, "index-store")
+        key, secret = require_credentials(strict.endpoint)
+        wrong = "wrong" + secret[5:]
+        env = {**s3_env(strict.endpoint), "AWS_ACCESS_KEY_ID": key,
+               "AWS_SECRET_ACCESS_KEY": wrong}
+        r = run([*extract, "s3://index-store/job"], env, check=False)
+        line = assert_one_clear_error(r, strict.endpoint, "'index-store'",
+                                      "AWS_SECRET_ACCESS_KEY")
+        assert "refused access" in line
+        assert wrong not in r.stdout + r.stderr and secret not in r.stdout + r.stderr
+
+
+def _serve(url: str, scratch: Path, endpoint: str) -> None:
+    """Start `serve`, wait for its /health, stop it (SIGINT)."""
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "workflow", "serve", "--store", url,
+                          "--scratch", str(scratch), "--port", str(port)], cwd=ROOT,
+                         env=env_with(s3_env(endpoint)), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert p.poll() is None, p.stderr.read()[-4000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "no /health in 120 s"
+                time.sleep(0.25)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+
+
+def test_a_second_serve_start_reuses_the_checked_copies_in_scratch(
+        server, bucket_run, tmp_path):
+    """The index, the re-rank store and the Annoy segments are downloaded to scratch by
+    the first start, and a restart finds them checked there: no download again."""
+    large = ("/index/index.faiss", "/index/rerank.npy", ".ann")
+    scratch = tmp_path / "scratch"
+    downloads = []
+    for _ in range(2):
+        before = len(server.requests())
+        _serve(bucket_run, scratch, server.endpoint)
+        downloads.append(sorted(path for method, path, _ in server.requests()[before:]
+                                if method == "GET" and path.endswith(large)))
+    prefix = "/" + bucket_run.removeprefix("s3://")
+    assert downloads[0] == sorted({f"{prefix}/index/index.faiss", f"{prefix}/index/rerank.npy",
+                                   f"{prefix}/prefilter/annoy.ann"})
+    assert downloads[1] == []
+    assert (scratch / "add" / "final" / "rerank.npy").is_file()
