@@ -18,6 +18,7 @@ Goal at the default threshold: pair precision >= 0.98 and recall >= 0.90 over al
 but the flip; more recall than pHash at equal precision.
 
     python bench/bench_duplicates_quality.py [--out bench/out/dupq] [--per-class 80]
+        [--set flowers12|cifar10]
         [--model ../shared/assets/models/mobilenet_v2_1.0_224_quant.tflite]
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ V2_TENSOR = "MobilenetV2/Logits/AvgPool"  # mobilenet_v2_1.0_224_quant.tflite's 
 
 
 def originals(per_class: int) -> list[tuple[str, Path]]:
+    """flowers12's photos (`per_class` of each species) and the seven larger photos."""
     out = []
     flowers = ASSETS / "images" / "flowers12"
     for cls in sorted({p.name for p in flowers.glob("*/*") if p.is_dir()}):
@@ -59,6 +61,23 @@ def originals(per_class: int) -> list[tuple[str, Path]]:
     out += [("photos", p) for p in sorted((ASSETS / "images" / "photos").iterdir())
             if p.suffix.lower() in (".jpg", ".bmp")]
     return out
+
+
+def cifar_originals(per_class: int, out: Path, scale: int = 4) -> list[tuple[str, Path]]:
+    """CIFAR-10's test images (`per_class` of each class), 32 px scaled up `scale` times
+    (bicubic) and saved as JPEG (quality 95): a second real set, of small low-detail
+    pictures whose classes hold many look-alikes (the hard negatives)."""
+    import cv2
+    pairs = []
+    for folder in sorted((ASSETS / "images" / "cifar10-test").iterdir()):
+        for p in sorted(folder.glob("*.jpg"))[:per_class]:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            big = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            dst = out / folder.name / p.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(dst), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            pairs.append((folder.name, dst))
+    return pairs
 
 
 def workflow(*args: str) -> None:
@@ -80,7 +99,11 @@ def summary(q: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "dupq")
-    ap.add_argument("--per-class", type=int, default=80, help="flowers12 photos per species")
+    ap.add_argument("--set", choices=("flowers12", "cifar10"), default="flowers12",
+                    help="the originals: flowers12's photos and the seven larger photos, "
+                    "or CIFAR-10's test images scaled up 4x")
+    ap.add_argument("--per-class", type=int, default=80,
+                    help="originals per flowers12 species or CIFAR-10 class")
     ap.add_argument("--thresholds", type=float, nargs="*",
                     default=[0.85, 0.88, 0.90, 0.92, 0.94, 0.96])
     ap.add_argument("--model", type=Path, default=MODEL,
@@ -91,7 +114,9 @@ def main() -> None:
     shutil.rmtree(a.out, ignore_errors=True)
     corpus, store = a.out / "corpus", a.out / "store"
     t = time.perf_counter()
-    labels = make_near_copy_set(originals(a.per_class), corpus)
+    found = originals(a.per_class) if a.set == "flowers12" else \
+        cifar_originals(a.per_class, a.out / "originals")
+    labels = make_near_copy_set(found, corpus)
     made = time.perf_counter() - t
     t = time.perf_counter()
     workflow("preprocess", "--store", str(store), "--source", str(corpus))
@@ -107,7 +132,7 @@ def main() -> None:
               "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}",
               "command": "python bench/bench_duplicates_quality.py " + " ".join(sys.argv[1:]),
-              "model": a.model.name, "images": len(labels),
+              "model": a.model.name, "set": a.set, "images": len(labels),
               "originals": sum(v[2] is None for v in labels.values()),
               "pictures": len({v[0] for v in labels.values()}),
               "seconds": {"make set": round(made, 1), "workflow": round(took, 1)},
@@ -127,10 +152,19 @@ def main() -> None:
 
 def print_report(r: dict) -> None:
     print(f"\n{r['date']} | {r['machine']} | {r['command']}\n")
-    print(f"{r['images']:,} images ({r['originals']:,} originals of {r['pictures']:,} "
+    print(f"{r.get('set', 'flowers12')}: {r['images']:,} images ({r['originals']:,} "
+          f"originals of {r['pictures']:,} "
           f"pictures), {r['model']}; workflow "
           f"{r['seconds']['workflow']:.0f} s; threshold {r['threshold']:g} "
           f"({r['threshold_from']})\n")
+    c = r["calibration"]
+    if "hard_negatives" in c:
+        h, m = c["hard_negatives"], c["margin"]
+        print(f"Calibration: the edits allow {c['edits_allow']:g}; the hardest negatives of "
+              f"{h['images']} images: median {h['median']:.3f}, 99th percentile "
+              f"{h['p99']:.3f}, max {h['max']:.3f}; threshold {c['threshold']:g} (margin "
+              f"{m['to_negatives_p99']:+.3f} to the negatives, {m['to_edits']:+.3f} to the "
+              "edits)\n")
     ph = r["phash"][10]
     print("| edit | ours recall | ours precision | pHash<=10 recall | pHash<=10 precision |")
     print("|---|---:|---:|---:|---:|")

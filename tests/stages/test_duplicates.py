@@ -196,7 +196,7 @@ def test_groups_a_model_cannot_measure_are_for_review_only_with_no_remove_list(
     unseparable = calibration._choose(  # what random weights give (the demo offline)
         rng.uniform(0.990, 1.0, 600).astype(np.float32), np.array(["jpeg"] * 600),
         rng.uniform(0.95, 0.9995, 4950), 100)
-    monkeypatch.setattr(duplicates, "calibrate", lambda searcher: unseparable)
+    monkeypatch.setattr(duplicates, "calibrate", lambda searcher, **kw: unseparable)
     res = duplicates.run(duplicates.DuplicatesConfig(store=str(store), progress=False))
     why = "the model cannot tell near-copies from unrelated images in this store"
     assert res.complete and "FOR REVIEW ONLY: " + why in res.summary()
@@ -264,3 +264,75 @@ def test_pairs_a_phash_confirms_let_the_threshold_stay_high():
     assert plain["threshold"] == 0.82 and got["threshold"] == 0.94
     assert linked(got["threshold"]) >= 0.85 > linked(got["threshold"] + 0.01)
     assert got["linked_by_phash"] == 0.5 and got["separable"]
+
+
+def _picture(seed: int, w: int = 240, h: int = 180) -> bytes:
+    """A seeded picture of texture at several scales (keypoints of its own: copies match
+    by the hundred, different pictures by a handful), as JPEG bytes."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32)
+    for cells, amp in ((3, 90), (6, 60), (12, 45), (24, 35), (48, 25)):
+        small = rng.normal(0, amp, (cells * h // w + 1, cells, 3)).astype(np.float32)
+        img += cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img + 128, 0, 255).astype(np.uint8)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def test_the_hardest_negative_is_the_closest_neighbour_that_is_not_a_copy():
+    """Copies (a crop, a turn, a mirror image, a re-exposure) are passed over, by
+    keypoints or pHash; the first different picture is the hardest negative; a row of
+    copies only has none; removed images are not looked at."""
+    from workflow.inputs.edits import edited_jpeg
+    from workflow.stages.calibration import hardest_negatives
+    rng = np.random.default_rng(1)
+    jpegs = {0: _picture(0), 5: _picture(5), 6: _picture(6), 7: _picture(7)}
+    for i, kind in zip((1, 2, 3, 4), ("crop", "rotate", "flip", "light")):
+        jpegs[i] = edited_jpeg(jpegs[0], kind, rng)
+    ids = np.array([0, 1, 7])
+    nbrs = np.array([[1, 2, 3, 6, 4, 5], [0, 2, 3, 4, -1, -1], [6, 5, 0, 1, 2, 3]])
+    sims = np.array([[0.99, 0.98, 0.97, 0.96, 0.95, 0.90], [0.99, 0.98, 0.97, 0.96, -1, -1],
+                     [0.93, 0.91, 0.80, 0.80, 0.80, 0.80]], np.float32)
+    read = lambda wanted: {i: jpegs[i] for i in wanted}  # noqa: E731
+    got = hardest_negatives(read, ids, nbrs, sims, np.array([], np.int64), 10, 0)
+    assert got.tolist() == pytest.approx([0.96, 0.93])  # row 1: copies of 0 only
+    removed = np.array([6])
+    got = hardest_negatives(read, ids, nbrs, sims, removed, 10, 0)
+    assert got.tolist() == pytest.approx([0.90, 0.91])
+
+
+@pytest.mark.parametrize("reached, hard_p99, threshold, to_negatives, to_edits", [
+    (0.96, 0.935, 0.95, 0.015, 0.01),  # flowers12, MobileNet v1: a narrow gap
+    (0.95, 0.80, 0.88, 0.08, 0.07),    # few look-alikes: the threshold comes down
+    (0.95, 0.97, 0.98, 0.01, -0.03),   # non-copies as close as the edits: above them
+])
+def test_the_threshold_goes_in_the_middle_of_the_gap(reached, hard_p99, threshold,
+                                                     to_negatives, to_edits):
+    from workflow.stages.calibration import _gap
+    hard = np.full(200, hard_p99 - 0.1, np.float32)
+    hard[-3:] = hard_p99  # the 99th percentile
+    got = _gap(reached, hard)
+    assert got["threshold"] == threshold
+    assert got["hard_negatives"]["p99"] == pytest.approx(hard_p99, abs=1e-4)
+    assert got["margin"] == pytest.approx({"to_negatives_p99": to_negatives,
+                                           "to_edits": to_edits}, abs=1e-4)
+
+
+def test_the_calibration_uses_the_gap_to_the_hardest_negatives():
+    """The edits alone set 0.95 here; the nearest non-copies stop at 0.80, so the
+    threshold comes down to 0.88 and catches the crops 0.95 missed."""
+    from workflow.stages.calibration import _choose
+    rng = np.random.default_rng(0)
+    kinds = np.array(["jpeg", "crop"] * 300)
+    sims = np.where(kinds == "jpeg", rng.uniform(0.96, 0.99, 600),
+                    rng.uniform(0.89, 0.97, 600)).astype(np.float32)
+    unrelated = rng.uniform(0.1, 0.7, 4950)
+    alone = _choose(sims, kinds, unrelated, 100)
+    hard = rng.uniform(0.6, 0.8, 400).astype(np.float32)
+    got = _choose(sims, kinds, unrelated, 100, hard=hard)
+    assert alone["threshold"] >= 0.9 and got["edits_allow"] == alone["threshold"]
+    assert got["threshold"] == np.ceil((np.quantile(hard, 0.99) + alone["threshold"]) * 50) / 100
+    assert (sims[kinds == "crop"] >= got["threshold"]).mean() == 1.0
+    assert got["margin"]["to_negatives_p99"] > 0 and got["margin"]["to_edits"] > 0
+    few = _choose(sims, kinds, unrelated, 100, hard=hard[:10])  # too few to trust
+    assert few["threshold"] == alone["threshold"] and "hard_negatives" not in few

@@ -20,6 +20,7 @@ import numpy as np
 from ..index.grouping import components
 from ..inputs.edits import KINDS, edited_jpeg
 from ..inputs.hashing import hamming
+from ..inputs.keypoints import keypoints, same_picture_matches
 
 
 def make_near_copy_set(originals: list[tuple[str, Path]], out: Path, seed: int = 0,
@@ -61,42 +62,16 @@ def same_picture(originals: list[tuple[str, Path]], max_difference: float = 2.0,
     pairs = [(int(j), i) for i in range(len(originals))
              for j in np.flatnonzero(np.abs(small[:i] - small[i]).mean(axis=(1, 2))
                                      <= max_difference)]
-    keypoints = [(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1]))) for g in grey]
+    points = [keypoints(g) for g in grey]
     pairs += [(j, i) for i in range(len(originals)) for j in range(i)
-              if originals[j][0] == originals[i][0] and max(
-                  _matches(keypoints[i][0], keypoints[j][0]),
-                  _matches(keypoints[i][1], keypoints[j][0])) >= min_inliers]
+              if originals[j][0] == originals[i][0] and
+              same_picture_matches(points[i], points[j]) >= min_inliers]
     first = list(range(len(originals)))
     a, b = (np.array(x, np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
     for ids, _, _ in components(a, b):
         for i in ids.tolist():
             first[i] = int(ids[0])
     return first
-
-
-def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """ORB keypoints (positions) and descriptors of a greyscale image at most 256 px."""
-    scale = 256 / max(grey.shape)
-    if scale < 1:
-        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    points, desc = cv2.ORB_create(nfeatures=500).detectAndCompute(grey, None)
-    return np.float32([p.pt for p in points]).reshape(-1, 2), desc
-
-
-def _matches(a: tuple, b: tuple) -> int:
-    """Keypoint matches of a and b (Lowe's ratio test) that one similarity transform
-    explains (RANSAC, 3 px)."""
-    (pa, da), (pb, db) = a, b
-    if da is None or db is None or len(da) < 8 or len(db) < 8:
-        return 0
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(da, db, k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
-    if len(good) < 6:
-        return 0
-    _, inliers = cv2.estimateAffinePartial2D(pa[[m.queryIdx for m in good]],
-                                             pb[[m.trainIdx for m in good]],
-                                             method=cv2.RANSAC, ransacReprojThreshold=3.0)
-    return 0 if inliers is None else int(inliers.sum())
 
 
 def _true(labels, a: str, b: str) -> bool:

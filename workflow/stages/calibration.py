@@ -21,6 +21,18 @@ as random weights), it is raised just above those, with a warning. Models differ
 here (a pretrained CNN puts a recompressed copy near 0.98 and another flower of the same
 kind near 0.9; random weights put most pairs above 0.95), which is why no fixed number
 serves them all.
+
+The other side is measured too: the store's hardest negatives. For a seeded sample of
+images, the stage's own neighbour lists are walked from the closest, and the first
+neighbour that is not a copy (its pHash is far, and fewer than COPY_MATCHES ORB
+keypoints match under one similarity transform, `inputs.keypoints`) is that image's
+hardest negative: a different photo of the same subject, typically. Where the 99th
+percentile of those lies below the threshold the edits allow, the threshold is placed in
+the middle of the gap (rounded up to 0.01), so that the margin on both sides is stated
+in `calibration.json`: edits allowed 0.96 on flowers12 with MobileNet v1, whose nearest
+different photos reach 0.934 (0.95 chosen); a collection without look-alikes gets a lower
+threshold and finds more crops. Where the non-copies reach as high as the edits, the
+threshold goes just above them (precision first), with a warning.
 Stores whose features were not made by a model this workflow loads fall back to 0.90.
 """
 from __future__ import annotations
@@ -35,6 +47,7 @@ from ..errors import BadQuery, WorkflowError
 from ..formats.images import stored_jpegs
 from ..inputs.edits import CALIBRATION_KINDS, edited_jpeg
 from ..inputs.hashing import HASH_DISTANCE, HASH_MARGIN, hamming, phash
+from ..inputs.keypoints import jpeg_keypoints, same_picture_matches
 from ..search.measure import sample_query_ids
 
 logger = logging.getLogger(__name__)
@@ -45,10 +58,17 @@ FALLBACK = 0.90
 UNRELATED_Q = 0.95
 UNHASHED_REACHED_BY = 0.25  # of the edits pHash does not link, the share the model must
 BATCH = 64
+NEGATIVE_SAMPLE = 500  # images whose hardest negative is looked for
+MIN_NEGATIVES = 50     # fewer measured (a store of copies): the edits alone set it
+NEGATIVE_Q = 0.99      # the percentile of the hardest negatives the threshold must clear
+COPY_MATCHES = 15      # ORB matches from which a neighbour counts as a copy (flowers12:
+#                        different photos of one species stay under 30, but few copies of
+#                        a small image reach 30; between 15 and 30 most pairs are copies)
 
 
-def calibrate(searcher, sample: int = SAMPLE, seed: int = 0) -> dict:
-    """{"threshold", "calibrated", ...what it was measured on}."""
+def calibrate(searcher, sample: int = SAMPLE, seed: int = 0, neighbours=None) -> dict:
+    """{"threshold", "calibrated", ...what it was measured on}. `neighbours()` gives the
+    stage's (ids, neighbour ids, similarities), closest first, for the hard negatives."""
     try:
         embedder = searcher.embedder
     except (BadQuery, WorkflowError) as e:
@@ -68,7 +88,50 @@ def calibrate(searcher, sample: int = SAMPLE, seed: int = 0) -> dict:
     hashed = np.array([_near(own[o], phash(e)) for o, e in zip(owners, edits)], bool)
     x = np.asarray(searcher.xb[ids], np.float32)
     unrelated = (x @ x.T)[np.triu_indices(len(ids), 1)]
-    return _choose(sims, np.array(kinds), unrelated, len(ids), hashed)
+    hard = None
+    if neighbours is not None:
+        def read(wanted: list[int]) -> dict[int, bytes]:
+            return stored_jpegs(searcher.store, searcher.plan_info[1], wanted)
+        hard = hardest_negatives(read, *neighbours(), searcher.removals()[1],
+                                 NEGATIVE_SAMPLE, seed)
+    return _choose(sims, np.array(kinds), unrelated, len(ids), hashed, hard)
+
+
+def hardest_negatives(read, ids: np.ndarray, nbrs: np.ndarray, sims: np.ndarray,
+                      removed: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    """For a seeded sample of the rows of (ids, nbrs, sims) (each row's neighbours closest
+    first; `read(ids)` gives the stored JPEGs by id), the similarity of the closest
+    neighbour that is not a copy of it (pHash far and fewer than COPY_MATCHES keypoint
+    matches); none for a row whose neighbours are all copies (its hardest negative lies
+    further, unmeasured)."""
+    gone = set(removed.tolist())
+    rows = np.flatnonzero(~np.isin(ids, removed))
+    rows = np.sort(np.random.default_rng(seed).choice(rows, min(sample, len(rows)),
+                                                      replace=False))
+    wanted = np.unique(np.concatenate([ids[rows], nbrs[rows].ravel()]))
+    jpegs = read(wanted[wanted >= 0].tolist())
+    hashes: dict = {}
+    points: dict = {}
+
+    def of(i: int, known: dict, f):
+        if i not in known:
+            known[i] = f(jpegs[i]) if jpegs.get(i) else None
+        return known[i]
+
+    def copies(i: int, j: int) -> bool:
+        if _near(of(i, hashes, phash), of(j, hashes, phash)):
+            return True
+        a, b = of(i, points, jpeg_keypoints), of(j, points, jpeg_keypoints)
+        return a is not None and b is not None and same_picture_matches(a, b) >= COPY_MATCHES
+
+    out = []
+    for r in rows.tolist():
+        i = int(ids[r])
+        for j, s in zip(nbrs[r].tolist(), sims[r].tolist()):
+            if j >= 0 and j not in gone and not copies(i, j):
+                out.append(s)
+                break
+    return np.array(out, np.float32)
 
 
 def _near(a: int | None, b: int | None) -> bool:
@@ -101,10 +164,11 @@ def _edit_similarities(embedder, xb, edits: list[bytes], owners: list[int]) -> n
 
 
 def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int,
-            hashed: np.ndarray | None = None) -> dict:
+            hashed: np.ndarray | None = None, hard: np.ndarray | None = None) -> dict:
     """The highest threshold (in steps of 0.01) at which REACHED_BY of the edits are
     linked to their original (by similarity, or by pHash within HASH_MARGIN below it)
-    and UNHASHED_REACHED_BY of those pHash does not link reach it."""
+    and UNHASHED_REACHED_BY of those pHash does not link reach it; then, given the
+    hardest negatives `hard`, moved to the middle of the gap between them and it."""
     ok = ~np.isnan(sims)
     if not ok.any():
         return {"threshold": FALLBACK, "calibrated": False, "why": "no edit could be embedded"}
@@ -131,13 +195,37 @@ def _choose(sims: np.ndarray, kinds: np.ndarray, unrelated: np.ndarray, n: int,
             "%.3f or closer, as close as edited copies (85%% are linked at %.3f): it cannot tell "
             "near-copies apart (random weights?); threshold %.3f keeps unrelated pairs out "
             "and will miss many copies", top, reached, threshold)
+    gap = _gap(reached, hard) if separable and hard is not None and \
+        len(hard) >= MIN_NEGATIVES else {}
+    threshold = gap.pop("threshold", threshold)
     by_kind = {k: {"median": round(float(np.median(sims[ok & (kinds == k)])), 4),
                    "reached_by_90%": round(float(np.quantile(sims[ok & (kinds == k)], 0.1)), 4)}
                for k in CALIBRATION_KINDS if (ok & (kinds == k)).any()}
     return {"threshold": threshold, "calibrated": True, "separable": bool(separable),
             "sample": n, "edits": int(ok.sum()), "linked_by_phash": round(float(h.mean()), 4),
             "edits_reached_by_85%": round(float(np.quantile(s, 1 - REACHED_BY)), 4),
-            "unrelated_p95": round(top, 4), "by_kind": by_kind}
+            "unrelated_p95": round(top, 4), **gap, "by_kind": by_kind}
+
+
+def _gap(reached: float, hard: np.ndarray) -> dict:
+    """The threshold in the middle of the gap between the hardest negatives' NEGATIVE_Q
+    percentile and what the edits allow (`reached`), rounded up to 0.01; just above the
+    negatives where there is no gap. With what it was placed between."""
+    neg = float(np.quantile(hard, NEGATIVE_Q))
+    if reached > neg:
+        threshold = min(reached, math.ceil(round((neg + reached) / 2, 6) * 100) / 100)
+    else:
+        threshold = min(1.0, math.floor(neg * 100) / 100 + 0.01)
+        logger.warning(
+            "duplicates: 1%% of the images sampled have a neighbour that is not a copy at "
+            "%.3f or closer, as close as the edited copies (85%% are linked at %.2f): the "
+            "threshold %.2f keeps those out and will miss some copies", neg, reached,
+            threshold)
+    return {"threshold": threshold, "edits_allow": reached,
+            "hard_negatives": {"images": len(hard), "median": round(float(np.median(hard)), 4),
+                               "p99": round(neg, 4), "max": round(float(hard.max()), 4)},
+            "margin": {"to_negatives_p99": round(threshold - neg, 4),
+                       "to_edits": round(reached - threshold, 4)}}
 
 
 def review_only_reason(calibration: dict | None) -> str | None:

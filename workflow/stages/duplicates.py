@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -193,8 +194,10 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
     cfg, store = run.cfg, run.store
     corpus = corpus_id(corpus_version(store), removal_version(store))
     _, removed = load_removed(store)
+    knn = functools.cache(lambda: tuple(np.concatenate(a) for a in zip(*(
+        load_knn(store, store.marker(STAGE, u)) for u in units))))
     threshold, source = (cfg.threshold, "given") if cfg.threshold else \
-        _calibrated(run, searcher, fp)
+        _calibrated(run, searcher, fp, knn)
     calibration = store.read_json(CALIBRATION_FILE) if source != "given" else None
     settings = {"threshold": threshold, "threshold_from": source, "slack": cfg.slack,
                 "k": cfg.k, "corpus": corpus, "shards": len(units),
@@ -205,8 +208,7 @@ def _group_all(run: StageRun, searcher: Searcher, units: list[str], fp: str) -> 
         return m.extra["groups"], m.extra["images"], settings["review_only"]
     t = time.monotonic()
     with Timeit("loading the neighbours", logging.INFO):
-        ids, nbrs, sims = (np.concatenate(a) for a in zip(*(
-            load_knn(store, store.marker(STAGE, u)) for u in units)))
+        ids, nbrs, sims = knn()
     alias, (ea, eb) = _exact_duplicates(store, removed)
     plan = load_plan(store, store.scratch / STAGE / "plan.h5")
     a, b, s = links(ids, nbrs, sims, threshold - HASH_MARGIN, drop=removed)
@@ -262,14 +264,14 @@ def _find_groups(store, searcher: Searcher, plan, pairs: tuple, alias: np.ndarra
             for rep, members, scores, centre in found]
 
 
-def _calibrated(run: StageRun, searcher: Searcher, fp: str) -> tuple[float, str]:
+def _calibrated(run: StageRun, searcher: Searcher, fp: str, knn) -> tuple[float, str]:
     """The threshold measured on the store (`calibration`), once: committed as
     duplicates/calibration.json and reused; and "measured" (or "fallback" where the
     store's model could not be loaded)."""
     m = run.store.marker(STAGE, "calibration")
     if m is None:
         with Timeit("calibrating the threshold on edited copies of a sample", logging.INFO):
-            result = calibrate(searcher)
+            result = calibrate(searcher, neighbours=knn)
         path = run.work / "calibration.json"
         path.write_bytes(calibration_json(result))
         run.lease.check()
