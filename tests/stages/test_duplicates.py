@@ -336,3 +336,16 @@ def test_the_calibration_uses_the_gap_to_the_hardest_negatives():
     assert got["margin"]["to_negatives_p99"] > 0 and got["margin"]["to_edits"] > 0
     few = _choose(sims, kinds, unrelated, 100, hard=hard[:10])  # too few to trust
     assert few["threshold"] == alone["threshold"] and "hard_negatives" not in few
+
+
+def test_the_review_page_states_both_sides_of_the_threshold():
+    from workflow.report.duplicates import summary_html
+    from workflow.stages.calibration import _gap
+    cal = {"by_kind": {"crop": {"median": 0.95, "reached_by_90%": 0.93}},
+           "unrelated_p95": 0.74, **_gap(0.96, np.linspace(0.7, 0.94, 300))}
+    cal.pop("threshold")
+    page = summary_html({"threshold": 0.95, "threshold_from": "measured", "slack": 0.02},
+                        3, 9, cal, b"")
+    assert "The closest neighbours that are not copies (of 300 sampled images)" in page
+    assert "The edits allow 0.96; the threshold lies +0.012 from the negatives and +0.010" \
+        " from the edits" in page

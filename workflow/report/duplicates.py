@@ -155,6 +155,13 @@ def summary_html(settings: dict, n_groups: int, grouped: int, calibration: dict 
                    f"their originals (unrelated pairs: 5% at {calibration['unrelated_p95']:.3f}"
                    " or closer):</p><table><tr><th>edit</th><th>median</th>"
                    f"<th>reached by 90%</th></tr>{rows}</table>")
+    if calibration and "hard_negatives" in calibration:
+        h, m = calibration["hard_negatives"], calibration["margin"]
+        out.append(f"<p>The closest neighbours that are not copies (of {h['images']:,} "
+                   f"sampled images): median {h['median']:.3f}, 1% at {h['p99']:.3f} or "
+                   f"closer. The edits allow {calibration['edits_allow']:g}; the threshold "
+                   f"lies {m['to_negatives_p99']:+.3f} from the negatives and "
+                   f"{m['to_edits']:+.3f} from the edits.</p>")
     out.append('<p><img alt="nearest-neighbour similarity" src="data:image/png;base64,'
                f'{base64.b64encode(histogram).decode("ascii")}"><br>Another threshold: '
                "<code>python scripts/08_duplicates.py --store STORE --threshold T</code> "
