@@ -152,3 +152,11 @@ def test_temporary_lease_files_of_killed_runs_are_removed_by_the_next_holder(sto
     with Lease(store, "extract"):
         assert sorted(p.name for p in lease_dir.iterdir()) == ["extract.json",
                                                                "train.json.tmp-0000abcd"]
+
+
+def test_a_holder_leaves_no_temporary_lease_file_when_it_releases(store):
+    lease_dir = Path(store.root) / "_leases"
+    with Lease(store, "extract"):
+        (lease_dir / "extract.json.tmp-0badbeat").write_text("{")  # a write cut short
+        (lease_dir / "train.json.tmp-0000abcd").write_text("{")    # another stage's
+    assert sorted(p.name for p in lease_dir.iterdir()) == ["train.json.tmp-0000abcd"]

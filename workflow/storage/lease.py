@@ -153,6 +153,9 @@ class Lease:
                              f"({self._lost}); stopping without writing more")
 
     def release(self) -> None:
+        """Stop the heartbeat; remove the lease where it is still ours, and with it the
+        temporary lease files of this stage (of a heartbeat cut short, or of runs
+        killed while writing the lease since this one took it)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
@@ -160,6 +163,8 @@ class Lease:
             now = self.store.read_json(self.rel)
             if now and now.get("holder") == self.holder:
                 self.store.remove(self.rel)
+                if not (self._thread and self._thread.is_alive()):
+                    self.store.remove_temporary(LEASE_DIR, f"{self.stage}.json")
         except Exception as e:  # noqa: BLE001 - a leftover lease goes stale by itself
             logger.warning("could not release the %s lease: %s", self.stage, e)
 
