@@ -244,6 +244,9 @@ class Store:
     def _rename(self, src: str, dst: str) -> None:
         if self.is_local:
             os.replace(self.path(src), self.path(dst))
+        elif self.bucketed:  # a copy and a delete, as fs.mv does, without its 2 listings
+            self.fs.cp_file(self.path(src), self.path(dst))
+            self.fs.rm_file(self.path(src))
         else:
             self.fs.mv(self.path(src), self.path(dst))
         self._invalidate()
