@@ -120,8 +120,10 @@ def _store_arguments(p: argparse.ArgumentParser, scratch: bool = False) -> None:
 def search_parser() -> argparse.ArgumentParser:
     from .search.modes import MODES
     p = _parser("06_search.py", (
-        "Search the store by image, by id ('more like this') or by vector. Image queries "
-        "are preprocessed exactly as the corpus was and embedded with the same model. "
+        "Search the store by image, by id ('more like this'), by words or by vector. Image "
+        "queries are preprocessed exactly as the corpus was and embedded with the same "
+        "model; words are embedded by the text tower of an image-text model (a store "
+        "extracted with --model clip-vit-b32, clip-vit-b16 or siglip-base-224). "
         "Prints each query's top k (or, with --json, one JSON object per query per line) "
         "and can write a result page with thumbnails from the stored image shards. "
         "Parameters left out come from the store's evaluation (scripts/07_evaluate.py), "
@@ -131,6 +133,11 @@ def search_parser() -> argparse.ArgumentParser:
                    help="image files")
     q.add_argument("--id", action="extend", nargs="+", type=int, default=[], metavar="N",
                    help="ids of corpus images")
+    q.add_argument("--text", action="append", default=[], metavar="WORDS",
+                   help='a query in words, e.g. --text "a red bicycle" (repeat it for more); '
+                        "needs a store extracted with an image-text model")
+    q.add_argument("--text-file", default=None, metavar="FILE",
+                   help="a text file of queries in words, one a line (blank lines skipped)")
     q.add_argument("--vectors", default=None, metavar="FILE.npy",
                    help="a .npy file of query vectors [n, d] (or one vector [d])")
     g = p.add_argument_group("search")
@@ -164,8 +171,10 @@ def run_search(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .report.gallery import write_results_page
+    from .search.query import TextQuery, read_text_queries
     from .search.searcher import Searcher
-    queries: list = [*a.id, *a.query]
+    texts = [*a.text, *(read_text_queries(a.text_file) if a.text_file else [])]
+    queries: list = [*a.id, *a.query, *map(TextQuery, texts)]
     if a.vectors:
         try:
             queries.append(np.load(a.vectors))
@@ -173,7 +182,8 @@ def run_search(a: argparse.Namespace) -> int:
             raise WorkflowError(f"--vectors {a.vectors}: cannot read it as a .npy array "
                                 f"({e})") from None
     if not queries:
-        raise WorkflowError("nothing to search for: give --query IMAGE, --id N or --vectors")
+        raise WorkflowError("nothing to search for: give --query IMAGE, --id N, --text WORDS "
+                            "or --vectors")
     searcher = Searcher(a.store, a.scratch)
     results = searcher.search(queries, k=a.k, mode=a.mode, exclude_self=a.exclude_self,
                               collapse_duplicates=a.collapse_duplicates, nprobe=a.nprobe,

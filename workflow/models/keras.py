@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ConfigError, WorkflowError
 from .quiet import import_tensorflow
 from .registry import (
+    HUB_MODELS,
     KERAS_APPS,
     Embedder,
     ModelSpec,
@@ -152,11 +153,17 @@ class KerasEmbedder(Embedder):
                                                 else "float32")
         keras.utils.set_random_seed(spec.seed)
         self.spec = spec
+        self.hub = None  # the image-text model (`HubModel`) of a HUB_MODELS name
         if spec.model in KERAS_APPS:
             self.model, native, default_prep = self._build_app(keras, spec)
+        elif spec.model in HUB_MODELS:
+            self.hub = HubModel(keras, spec)
+            self.model, native, default_prep = self.hub.image_model, self.hub.size, "raw"
+            self._keras_model = True
         else:
             self.model, native, default_prep = self._load_file(keras, spec)
-        self.convertible = self._keras_model  # a Keras model, not a SavedModel layer
+        # a Keras model, not a SavedModel layer; the image-text models stay on Keras
+        self.convertible = self._keras_model and self.hub is None
         self.preprocessing = spec.preprocessing or default_prep
         self._run = _compile(self.model, xla, self.preprocessing)
         self.input_size = spec.input_size or native
@@ -164,12 +171,32 @@ class KerasEmbedder(Embedder):
             raise ConfigError(f"{spec.model} does not fix its input size: pass --input-size")
         self.dim = self(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1]
         self.info = {"model": os.path.basename(spec.model.rstrip("/")), "kind": "keras",
-                     "backend": backend, "weights": spec.weights if spec.model in KERAS_APPS
-                     else "file", "weights_sha256": self._digest(), "input_size":
+                     "backend": backend, "weights": self._weights_kind(),
+                     "weights_sha256": self._digest(), "input_size":
                      self.input_size, "pooling": spec.pooling, "preprocessing":
                      self.preprocessing, "mixed_precision": mixed_precision, "xla": xla}
+        if self.hub is not None:
+            self.info.update(preset=self.hub.preset, text_tower=True)
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.hub is not None
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> float32 [n, dim] embeddings of the text tower, in the space of the
+        image embeddings (not yet normalised); an image-text model only."""
+        if self.hub is None:
+            raise ConfigError(f"{self.spec.model} has no text tower")
+        return self.hub.embed_text(texts)
+
+    def _weights_kind(self) -> str:
+        if self.hub is not None:
+            return self.hub.weights
+        return self.spec.weights if self.spec.model in KERAS_APPS else "file"
 
     def _digest(self) -> str:
+        if self.hub is not None:  # both towers: text queries must match the corpus too
+            return weights_digest(self.hub.backbone)
         if self.spec.model in KERAS_APPS or self._keras_model:
             return weights_digest(self.model)
         return sha256_of_path(self.spec.model)
@@ -202,7 +229,8 @@ class KerasEmbedder(Embedder):
         path = spec.model
         if not os.path.exists(path):
             raise ConfigError(f"--model {path}: not a known model name "
-                              f"({', '.join(KERAS_APPS)}) nor an existing file")
+                              f"({', '.join([*KERAS_APPS, *HUB_MODELS])}) nor an existing "
+                              "file")
         if os.path.isdir(path):
             if select_backend() != "tensorflow":
                 raise ConfigError("a SavedModel folder needs the TensorFlow backend")
@@ -228,3 +256,94 @@ class KerasEmbedder(Embedder):
         assert batch.ndim == 4 and batch.dtype == np.uint8
         y = self._run(batch)
         return lambda: global_pool(_to_numpy(y), self.spec.pooling).astype(np.float32)
+
+
+# ------------------------------------------------------------------ image-text models
+
+HUB_OFFLINE_HELP = (
+    "the KerasHub preset {preset} of {name} could not be downloaded ({error}). Remedies: run "
+    "once where the internet is reachable (KerasHub caches the preset under "
+    "~/.cache/kagglehub/, or $KAGGLEHUB_CACHE) or copy that cache here; or pass --weights "
+    "PATH to a local preset folder (the downloaded preset, or one written by "
+    "save_to_preset); or, for tests only, --weights none (random weights: retrieval quality "
+    "will be meaningless; it still reads the preset's small configuration and tokenizer "
+    "files, so they too must have been downloaded once).")
+HUB_CLASSES = {"clip": ("CLIPBackbone", "CLIPPreprocessor"),
+               "siglip": ("SigLIPBackbone", "SigLIPPreprocessor")}
+
+
+def _looks_offline(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, OSError) or any(w in text for w in (
+        "connect", "resolve", "download", "url", "fetch", "network", "timed out"))
+
+
+class HubModel:
+    """An image-text model from KerasHub (`HUB_MODELS`): `image_model`, the image tower
+    with its projection (uint8-range RGB [n, S, S, 3] -> [n, d], the input scaling of the
+    preset inside), and `embed_text`, the text tower into the same space.
+
+    The model name fixes the architecture family; `--weights` where the weights come
+    from: imagenet (the KerasHub preset, downloaded once and cached), none (the preset's
+    architecture, random weights) or a local preset folder."""
+
+    def __init__(self, keras, spec: ModelSpec):
+        try:
+            import keras_hub
+        except ImportError as e:
+            raise WorkflowError(f"{spec.model} needs KerasHub: pip install keras-hub") from e
+        self.preset, family = HUB_MODELS[spec.model]
+        if spec.preprocessing:
+            raise ConfigError(f"--preprocessing: {spec.model} scales its input as its preset "
+                              "says; leave the option out")
+        source, load_weights, self.weights = self._source(spec)
+        backbone_cls, preprocessor_cls = (getattr(keras_hub.models, n)
+                                          for n in HUB_CLASSES[family])
+        try:
+            self.backbone = backbone_cls.from_preset(source, load_weights=load_weights)
+            self.preprocessor = preprocessor_cls.from_preset(source)
+        except Exception as e:  # noqa: BLE001 - KerasHub and kagglehub raise many kinds
+            if self.weights == "folder":
+                raise ConfigError(f"--weights {source}: not a KerasHub preset folder of a "
+                                  f"{family} model ({type(e).__name__}: {e})") from e
+            if _looks_offline(e):
+                raise OfflineWeightsError(HUB_OFFLINE_HELP.format(
+                    preset=source, name=spec.model, error=e)) from e
+            raise
+        self.size = int(self.backbone.vision_encoder.image_shape[0])
+        if spec.input_size and spec.input_size != self.size:
+            raise ConfigError(f"--input-size {spec.input_size}: {spec.model} takes "
+                              f"{self.size} px images (its preset's size); leave it out")
+        converter = self.preprocessor.image_converter
+        self.preprocessor.image_converter = None  # texts only from here on
+        scale = [1.0] * 3 if converter.scale is None else converter.scale
+        offset = [0.0] * 3 if converter.offset is None else converter.offset
+        images = keras.Input((self.size, self.size, 3), name="images")
+        scaled = keras.layers.Rescaling(scale, offset, name="preset_scaling")(images)
+        self.image_model = keras.Model(images, self.backbone.get_vision_embeddings(scaled),
+                                       name=f"{spec.model}-image")
+
+    def _source(self, spec: ModelSpec) -> tuple[str, bool, str]:
+        """(what from_preset reads, whether it loads weights, what info records)."""
+        w = spec.weights
+        if w.lower() in ("imagenet", "preset"):
+            return self.preset, True, "preset"
+        if w.lower() == "none":
+            logger.warning("MODEL WEIGHTS ARE RANDOM (--weights none): features are fine for "
+                           "testing the workflow, but retrieval quality will be meaningless")
+            return self.preset, False, "none"
+        if "://" in w:  # kaggle://... or hf://... : a preset handle
+            return w, True, w
+        if os.path.isdir(w):
+            return w, True, "folder"
+        raise ConfigError(f"--weights {w}: no such folder ({spec.model} takes imagenet for "
+                          f"the KerasHub preset {self.preset}, none, or a local preset "
+                          "folder)")
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> float32 [n, d] text-tower embeddings (not yet normalised)."""
+        import keras
+        token_ids = self.preprocessor({"prompts": list(texts), "images": None})["token_ids"]
+        ids = keras.ops.convert_to_tensor(np.asarray(token_ids, np.int32))
+        y = self.backbone.get_text_embeddings(ids)
+        return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)

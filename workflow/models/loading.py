@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import ConfigError
-from .registry import POOLING, Embedder, ModelSpec
+from .registry import HUB_MODELS, POOLING, Embedder, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,12 @@ def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = Fa
                   runtime: str = "auto") -> Embedder:
     """The embedder for `spec`, with float16 compute where asked ("on") or, with "auto",
     for a Keras model on a GPU; a Keras model runs on the CPU runtime `runtime` resolves
-    to (`converted`)."""
+    to (`converted`). The image-text models (`HUB_MODELS`) run on Keras."""
     if spec.model.lower().endswith(".tflite"):
         return load_embedder(spec)
+    if spec.model in HUB_MODELS and runtime not in ("auto", "keras"):
+        raise ConfigError(f"--runtime {runtime}: {spec.model} runs on Keras only (--runtime "
+                          "auto or keras)")
     from .converted import ConvertedEmbedder, choose_runtime
     from .keras import KerasEmbedder, gpu_available
     mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpu_available())

@@ -1,4 +1,5 @@
-"""Feature models: Keras applications, a user's Keras/SavedModel file, or a TFLite file.
+"""Feature models: Keras applications, image-text models from KerasHub (CLIP, SigLIP), a
+user's Keras/SavedModel file, or a TFLite file.
 
 `loading.load_embedder(spec)` returns an `Embedder`: a callable from a batch of uint8 RGB images
 [n, S, S, 3] to float32 features [n, d] (not yet normalised). Everything that depends on
@@ -29,14 +30,22 @@ KERAS_APPS = {
     "mobilenetv3-small": ("MobileNetV3Small", 224, "raw"),
     "mobilenetv3-large": ("MobileNetV3Large", 224, "raw"),
 }
+# name -> (KerasHub preset, family): image-text models. The image tower embeds the corpus,
+# the text tower (`KerasEmbedder.embed_text`) embeds queries in words into the same space.
+HUB_MODELS = {
+    "clip-vit-b32": ("clip_vit_base_patch32", "clip"),
+    "clip-vit-b16": ("clip_vit_base_patch16", "clip"),
+    "siglip-base-224": ("siglip_base_patch16_224", "siglip"),
+}
 PREPROCESSING = ("raw", "unit", "tf", "caffe", "torch")
 POOLING = ("avg", "max")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load. `model` is a KERAS_APPS name or a path (.keras, .h5, SavedModel
-    folder, .tflite); `weights` is imagenet, none, or a path to a weights file."""
+    """What to load. `model` is a KERAS_APPS or HUB_MODELS name or a path (.keras, .h5,
+    SavedModel folder, .tflite); `weights` is imagenet (for HUB_MODELS: the KerasHub
+    preset), none, or a path to a weights file (for HUB_MODELS: a local preset folder)."""
     model: str = "efficientnet-b0"
     weights: str = "imagenet"
     input_size: int | None = None

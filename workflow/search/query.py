@@ -1,8 +1,12 @@
-"""Query embedding: images preprocessed and embedded exactly as the corpus was."""
+"""Query embedding: images preprocessed and embedded exactly as the corpus was; words
+embedded by the text tower of an image-text model."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +16,69 @@ from ..errors import BadQuery, ConfigError, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
-from ..models.registry import Embedder, ModelSpec, l2_normalize
+from ..models.registry import HUB_MODELS, Embedder, ModelSpec, l2_normalize
 from ..storage.store import Store
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """A query in words, for a store extracted with an image-text model (`HUB_MODELS`)."""
+    text: str
+
+
+@dataclass
+class Query:
+    """One query as the `Searcher` handles it: its label, its cache key, and what it is."""
+    label: str
+    cache_key: str
+    id: int | None = None
+    vector: np.ndarray | None = None
+    image: bytes | None = None
+    text: str | None = None
+
+
+def parse_queries(queries: Sequence) -> list[Query]:
+    """ints (ids), paths or bytes (images), `TextQuery`s and vectors (1-d, or 2-d with a
+    query a row) -> `Query`s; one query of those alone may be given as it is."""
+    if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):
+        queries = [queries]
+    out = []
+    for q in queries:
+        if isinstance(q, (int, np.integer)) and not isinstance(q, bool):
+            out.append(Query(f"id:{int(q)}", f"id:{int(q)}", id=int(q)))
+        elif isinstance(q, (str, os.PathLike)):
+            data = read_query_file(q)
+            out.append(Query(os.fspath(q), "img:" + hashlib.sha1(data).hexdigest(),
+                             image=data))
+        elif isinstance(q, (bytes, bytearray)):
+            out.append(Query(f"bytes:{len(q)}", "img:" + hashlib.sha1(q).hexdigest(),
+                             image=bytes(q)))
+        elif isinstance(q, TextQuery):
+            out.append(Query(f"text:{q.text}", "txt:" + hashlib.sha1(
+                q.text.encode()).hexdigest(), text=q.text))
+        elif isinstance(q, np.ndarray) and q.ndim in (1, 2):
+            for v in np.atleast_2d(q):
+                v = np.asarray(v, np.float32)
+                out.append(Query(f"vector:{len(out)}",
+                                 "vec:" + hashlib.sha1(v.tobytes()).hexdigest(), vector=v))
+        else:
+            raise ConfigError(f"cannot search for a {type(q).__name__}: give ids, image "
+                              "paths or bytes, texts or vectors")
+    return out
+
+
+def require_text_tower(store: Store) -> None:
+    """Raise BadQuery, naming the models that have one, where the store's features were
+    not made by a model with a text tower."""
+    ext = store.run_info()["stages"].get(EXTRACT, {}).get("settings", {})
+    model = ext.get("spec", {}).get("model") or ext.get("model") or "no model yet"
+    if model not in HUB_MODELS:
+        raise BadQuery(f"the features of {store.url} were made by {model}, which has no text "
+                       "tower, so they cannot be searched by words: extract the corpus with "
+                       f"an image-text model ({', '.join(HUB_MODELS)}) to use --text, or "
+                       "search by image, id or vector")
 
 
 class QueryEmbedder:
@@ -52,6 +115,14 @@ class QueryEmbedder:
             self.last_jpegs.append(r.jpeg)
         return l2_normalize(self.embedder(np.stack(batch)))
 
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> L2-normalised float32 [n, d] embeddings by the text tower of the
+        corpus's image-text model, in the space of its image features."""
+        if not getattr(self.embedder, "has_text_tower", False):
+            raise BadQuery(f"{self.embedder.info['model']} has no text tower: search by words "
+                           f"needs a store extracted with one of {', '.join(HUB_MODELS)}")
+        return l2_normalize(self.embedder.embed_text(list(texts)))
+
 
 def read_query_file(path) -> bytes:
     """The bytes of a query image file, or an error that names it."""
@@ -61,6 +132,16 @@ def read_query_file(path) -> bytes:
     except OSError as e:
         raise WorkflowError(f"cannot read query image {os.fspath(path)}: {e.strerror or e}; "
                             "check the path") from None
+
+
+def read_text_queries(path) -> list[str]:
+    """The queries in words of a text file: one a line, blank lines skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkflowError(f"--text-file {os.fspath(path)}: cannot read it as UTF-8 text "
+                            f"({e})") from None
 
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}

@@ -12,11 +12,9 @@ Results follow the Faiss convention of `workflow.index.knn`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mmap
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -40,7 +38,7 @@ from ..storage.store import Store
 from .cache import QueryCache
 from .collapse import collapsed_search, group_map
 from .modes import MODES, SearchParams, check_mode, mode_params
-from .query import read_query_file
+from .query import Query, parse_queries, require_text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +63,15 @@ class QueryResult:
             for i, key, s in zip(self.ids, self.keys or [None] * len(self.ids), self.scores)]}
 
 
-@dataclass
-class _Query:
-    label: str
-    cache_key: str
-    id: int | None = None
-    vector: np.ndarray | None = None
-    image: bytes | None = None
-
-
 # ------------------------------------------------------------------ the searcher
 
 class Searcher:
-    """Search a finished store by image, by id or by vector.
+    """Search a finished store by image, by id, by words (image-text models) or by vector.
 
     Args:
         store: a `Store` or its URL; it must hold a filled index (stage 4). The prefilter
-            (stage 5) is needed by the Annoy modes only, the model only for image queries.
+            (stage 5) is needed by the Annoy modes only, the model only for image and text
+            queries.
         scratch: local folder for staged-in files (default: the store's scratch).
         cache_size: results kept in the LRU query cache (0 disables it).
         embedder: a ready `Embedder` for image queries (default: loaded from the store's
@@ -274,16 +264,17 @@ class Searcher:
                exclude_self: bool = False, collapse_duplicates: bool = False,
                **params) -> list[QueryResult]:
         """Search for each query: an int (an id in the corpus), a path or bytes (an
-        image, preprocessed as the corpus was) or a vector (a 1-d array, or a 2-d array
-        whose rows are queries). Results of a query asked before with the same
-        parameters come from the cache, without touching the index. With
-        `collapse_duplicates`, at most one image of each near-duplicate group."""
+        image, preprocessed as the corpus was), a `TextQuery` (words, for an image-text
+        model's store) or a vector (a 1-d array, or a 2-d array whose rows are queries).
+        Results of a query asked before with the same parameters come from the cache,
+        without touching the index. With `collapse_duplicates`, at most one image of
+        each near-duplicate group."""
         mode = check_mode(mode or self.default_mode)
         p = self.params(mode, **params)
         if k < 1:
             raise ConfigError("k must be at least 1")
         groups = self.duplicate_groups if collapse_duplicates else None
-        qs = self._parse(queries)
+        qs = parse_queries(queries)
         tag = json.dumps([mode, k, exclude_self, p.for_mode(mode), self.removals()[0],
                           collapse_duplicates])
         out: list[QueryResult | None] = [None] * len(qs)
@@ -315,32 +306,7 @@ class Searcher:
             r.query_jpeg = q.image
         return out
 
-    def _parse(self, queries: Sequence) -> list[_Query]:
-        if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):
-            queries = [queries]
-        out = []
-        for q in queries:
-            if isinstance(q, (int, np.integer)) and not isinstance(q, bool):
-                out.append(_Query(f"id:{int(q)}", f"id:{int(q)}", id=int(q)))
-            elif isinstance(q, (str, os.PathLike)):
-                data = read_query_file(q)
-                out.append(_Query(os.fspath(q), "img:" + hashlib.sha1(data).hexdigest(),
-                                  image=data))
-            elif isinstance(q, (bytes, bytearray)):
-                out.append(_Query(f"bytes:{len(q)}", "img:" + hashlib.sha1(q).hexdigest(),
-                                  image=bytes(q)))
-            elif isinstance(q, np.ndarray) and q.ndim in (1, 2):
-                for _j, v in enumerate(np.atleast_2d(q)):
-                    v = np.asarray(v, np.float32)
-                    out.append(_Query(f"vector:{len(out)}",
-                                      "vec:" + hashlib.sha1(v.tobytes()).hexdigest(),
-                                      vector=v))
-            else:
-                raise ConfigError(f"cannot search for a {type(q).__name__}: give ids, "
-                                  "image paths or bytes, or vectors")
-        return out
-
-    def _vectors(self, qs: list[_Query]) -> np.ndarray:
+    def _vectors(self, qs: list[Query]) -> np.ndarray:
         """float32 [nq, d] query vectors, L2-normalised."""
         xq = np.zeros((len(qs), self.d), np.float32)
         images = [i for i, q in enumerate(qs) if q.image is not None]
@@ -351,6 +317,10 @@ class Searcher:
                 jpegs = emb.last_jpegs
             for i in images:  # the preprocessed JPEG, shown as the query's thumbnail
                 qs[i].image = jpegs[images.index(i)]
+        if texts := [i for i, q in enumerate(qs) if q.text is not None]:
+            require_text_tower(self.store)
+            with self._model_lock:
+                xq[texts] = self.embedder.embed_text([qs[i].text for i in texts])
         for i, q in enumerate(qs):
             if q.id is not None:
                 xq[i] = self._id_vector(q.id)

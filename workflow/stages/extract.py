@@ -41,6 +41,7 @@ from ..inputs.imaging import MODEL_INPUT_VERSION
 from ..models.converted import RUNTIMES
 from ..models.loading import make_embedder
 from ..models.registry import (
+    HUB_MODELS,
     KERAS_APPS,
     POOLING,
     PREPROCESSING,
@@ -68,12 +69,15 @@ MODEL = "model"
 @dataclass(frozen=True)
 class ExtractConfig(StageConfig):
     """Settings of the extract stage; see `scripts/02_extract.py --help`."""
-    model: str = opt("efficientnet-b0", f"a Keras application ({', '.join(KERAS_APPS)}), or "
-                     "a path to your own .keras/.h5 model, SavedModel folder or .tflite file",
-                     group=MODEL, shown="efficientnet-b0")
-    weights: str = opt("imagenet", "imagenet (downloaded once by Keras), none (random: for "
-                       "tests only) or a path to a weights file", group=MODEL,
-                       shown="imagenet")
+    model: str = opt("efficientnet-b0", f"a Keras application ({', '.join(KERAS_APPS)}), an "
+                     f"image-text model from KerasHub ({', '.join(HUB_MODELS)}: the store "
+                     "can then be searched by words too), or a path to your own .keras/.h5 "
+                     "model, SavedModel folder or .tflite file", group=MODEL,
+                     shown="efficientnet-b0")
+    weights: str = opt("imagenet", "imagenet (downloaded once by Keras; for an image-text "
+                       "model: its KerasHub preset, downloaded once), none (random: for "
+                       "tests only) or a path to a weights file (for an image-text model: "
+                       "a local preset folder)", group=MODEL, shown="imagenet")
     input_size: int | None = opt(None, "model input in px (default: the model's native size)",
                                  type=int, group=MODEL)
     pooling: str = opt("avg", "global pooling", choices=POOLING, group=MODEL)
@@ -218,7 +222,8 @@ def _run_spark(run: StageRun, runner: ShardRunner, pending: list[str], bar) -> N
     # probe checks they have
     runtime = info.get("runtime", "keras" if info["kind"] == "keras" else runner.cfg.runtime)
     cfg = dataclasses.replace(runner.cfg, runtime=runtime)
-    needs = SPARK_NEEDS + (("openvino",) if runtime == "openvino" else ())
+    needs = SPARK_NEEDS + (("openvino",) if runtime == "openvino" else ()) + \
+        (("keras_hub",) if cfg.model in HUB_MODELS else ())
     task = ShardTask(cfg, runner.fp, sorted(runner.skip), info["weights_sha256"])
     for _, (n, timings) in map_shards("spark", task, pending, spark_master=cfg.spark_master,
                                       stage=STAGE, deadline=run.deadline,
