@@ -139,20 +139,21 @@ def crash_stage(store: Path, name: str, cmd: list[str], kills: int, rng, took: f
 
 def crash_campaign(root: Path, corpus: Path, kills: int, seed: int,
                    shard_size: int = 5) -> tuple[Campaign, Path, Path]:
-    """Run the reference, then the campaign with `kills` kills spread over the stages
-    (kills a stage finished too soon for pass on to the next). Returns the log and both
-    stores."""
+    """The campaign with `kills` kills spread over the stages (kills a stage finished too
+    soon for pass on to the next), each stage run uninterrupted into the reference store
+    just before: the kills come at moments drawn from its time, measured under the same
+    load. Returns the log and both stores."""
     ref, store = root / "reference", root / "crashed"
-    ref_times = reference_run(ref, corpus, shard_size)
     rng = np.random.default_rng(seed)
     cmds = stage_commands(store, corpus, shard_size)
     share = np.full(len(cmds), kills // len(cmds))
     share[:kills % len(cmds)] += 1
     camp = Campaign()
     carry = 0
-    for (name, cmd), k in zip(cmds, share):
-        log = StageLog(name, reference_seconds=ref_times[name])
-        crash_stage(store, name, cmd, int(k) + carry, rng, ref_times[name], log)
+    for (name, cmd), (_, ref_cmd), k in zip(cmds, stage_commands(ref, corpus, shard_size),
+                                            share):
+        log = StageLog(name, reference_seconds=_run(ref_cmd))
+        crash_stage(store, name, cmd, int(k) + carry, rng, log.reference_seconds, log)
         carry = int(k) + carry - log.kills  # kills a stage finished too soon for go on
         camp.stages.append(log)
     return camp, ref, store
@@ -170,15 +171,14 @@ def update_campaign(root: Path, corpus: Path, grow, kills: int, seed: int,
     sources = grow()
     shutil.copytree(before, ref)
     shutil.copytree(before, store)
-    ref_times = {name: _run(cmd) for name, cmd in stage_commands(ref, corpus, shard_size,
-                                                                 sources)}
     rng = np.random.default_rng(seed)
     cmds = stage_commands(store, corpus, shard_size, sources)
     camp, carry = Campaign(), 0
-    for i, (name, cmd) in enumerate(cmds):
+    for i, ((name, cmd), (_, ref_cmd)) in enumerate(
+            zip(cmds, stage_commands(ref, corpus, shard_size, sources))):
         k = kills // len(cmds) + (i < kills % len(cmds))
-        log = StageLog(name, reference_seconds=ref_times[name])
-        crash_stage(store, name, cmd, k + carry, rng, ref_times[name], log)
+        log = StageLog(name, reference_seconds=_run(ref_cmd))  # as in crash_campaign
+        crash_stage(store, name, cmd, k + carry, rng, log.reference_seconds, log)
         carry = k + carry - log.kills
         camp.stages.append(log)
     return camp, before, ref, store
