@@ -56,9 +56,10 @@ Which store calls make the requests (workflow/storage/store.py; s3fs underneath)
   run.json, the lease heartbeat) first writes `NAME.tmp-XXXXXXXX`.
 - copy, delete: the rename to the final name (S3 has none: s3fs copies, then deletes
   the temporary object); `remove` and `cleanup` delete too.
-So a committed file costs 1 upload, 1 stat, 1 read (the check), 1 copy and 1 delete,
-and its marker (a small JSON file) 1 upload, 1 copy and 1 delete more, plus the stat
-that finds no older marker."""
+So a committed file costs 7 requests (1 upload, 3 stats: the size check, the read-back's
+open and the copy's; 1 read, 1 copy, 1 delete) and its marker 4 more (1 upload, 1 stat,
+1 copy, 1 delete), after 2 that find no older marker (a stat, then a listing: s3fs's way
+of telling a missing object from a folder)."""
 
 
 def kind(method: str, path: str) -> str:
@@ -131,6 +132,16 @@ def run(cmd: list[str], store: str, env: dict[str, str], log: Path) -> float:
     return seconds
 
 
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, CPU s busy on the whole machine, CPU s of this process and its reaped
+    children: the stages and the S3 server), to tell how much else ran meanwhile."""
+    import psutil
+    t, own = psutil.cpu_times(), os.times()
+    return (time.perf_counter(), t.user + t.nice + t.system + getattr(t, "irq", 0)
+            + getattr(t, "softirq", 0),
+            own.user + own.system + own.children_user + own.children_system)
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:.2f}"
 
@@ -154,6 +165,7 @@ def main() -> int:
     local = a.out / "local-store"
     url = f"s3://{BUCKET}/flowers"
     rows = []
+    cpu0 = cpu_snapshot()
     with MotoServer(a.out / "moto.log") as server, TcpProxy(server.port) as proxy:
         make_bucket(server.endpoint, BUCKET)
         base = {**os.environ, "WORKFLOW_SCRATCH": str(a.out / "scratch"),
@@ -170,13 +182,18 @@ def main() -> int:
             requests = server.requests()[before:]
             if name == "extract":
                 extract_requests = requests
+            gets = collections.Counter(p for m, p, _ in requests
+                                       if kind(m, p) == "read")
             rows.append({"stage": name, "local_s": local_s, "s3_s": s3_s,
+                         "again": {p: c for p, c in gets.items() if c > 1},
                          "up": proxy.sent - sent, "down": proxy.received - received,
                          "kinds": collections.Counter(kind(m, p) for m, p, _ in requests),
                          "methods": collections.Counter(m for m, _, _ in requests),
                          "errors": sum(status >= 400 for _, _, status in requests)})
             print(f"{name}: local {local_s:.1f} s, s3 {s3_s:.1f} s, {len(requests)} "
                   "requests", flush=True)
+    cpu1 = cpu_snapshot()
+    other = max(0.0, (cpu1[1] - cpu0[1]) - (cpu1[2] - cpu0[2])) / (cpu1[0] - cpu0[0])
     shards = len(list((local / "images").glob("shard-*.h5")))
 
     print(f"\n{dt.date.today()} | {cpu_name()}, {os.cpu_count()} cores | python "
@@ -184,7 +201,9 @@ def main() -> int:
     print(f"{n} flowers12 photos (224x224 JPEG) in {shards} shards of {a.shard_size}; "
           "EfficientNet-B0, random weights, 224 px; sources on local disk; the S3 store "
           "on moto's server on 127.0.0.1 behind a counting TCP proxy. Wall time of each "
-          "script (its start-up and imports included); MB = 10^6 bytes.\n")
+          "script (its start-up and imports included); MB = 10^6 bytes. Other load "
+          f"during the run: other processes used {other:.2f} of {os.cpu_count()} cores on "
+          "average.\n")
     print("| stage | local disk s | S3 s | S3 / local | MB up | MB down | requests | "
           "per shard | " + " | ".join(KINDS[:-1]) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(KINDS) - 1))
@@ -200,12 +219,20 @@ def main() -> int:
           f"{mb(sum(r['up'] for r in rows))} | {mb(sum(r['down'] for r in rows))} | "
           f"{n_req} | {n_req / shards:.1f} | " + " | ".join(
               str(sum(r["kinds"].get(k, 0) for r in rows)) for k in KINDS[:-1]) + " |")
-    other = sum(r["kinds"].get("other", 0) for r in rows)
+    unknown = sum(r["kinds"].get("other", 0) for r in rows)
     refused = sum(r["errors"] for r in rows)
     methods = sum((r["methods"] for r in rows), collections.Counter())
     print(f"\nBy method: {', '.join(f'{m} {c}' for m, c in methods.most_common())}; other "
-          f"requests: {other}; answered with an error status (a 404 where the store asks "
+          f"requests: {unknown}; answered with an error status (a 404 where the store asks "
           f"whether something exists): {refused}")
+    print("\nObjects read more than once by one stage (times read):")
+    for r in rows:
+        again = sorted(r["again"].items(),  # data files first, then the JSON records
+                       key=lambda x: (x[0].endswith(".json"), -x[1], x[0]))
+        if again:
+            print(f"  {r['stage']}: " + ", ".join(
+                f"{p.split(BUCKET + '/flowers/', 1)[-1]} {c}" for p, c in again[:6])
+                + (f" and {len(again) - 6} more" if len(again) > 6 else ""))
     one = [f"{m} {p.split('?')[0].split(BUCKET + '/flowers/', 1)[-1]}"
            + (f"?{p.split('?', 1)[1]}" if "?" in p else "")
            for m, p, _ in extract_requests if "shard-00001" in p]
