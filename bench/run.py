@@ -16,6 +16,8 @@ one run. Sections, in order:
   flowers     all seven stages on flowers12 with the TFLite model: precision@10 per mode
   spark       the extract stage on a 2-worker Spark standalone cluster vs the process
               executor, and the fixed cost of a Spark task
+  object-store  every stage with the store on an S3 server process (moto's) against
+              local disk: wall time, bytes moved and requests per shard
   e2e         every stage on a real-image corpus of 20,000 images, and the hours a
               2M-image run needs on a Colab T4 runtime and on a CPU-only one
   gpu         extract (EfficientNet-B0/B4, mixed precision), exact search and k-means on
@@ -23,7 +25,7 @@ one run. Sections, in order:
 
 --quick runs every section small (a smoke test of the suite: about 15 minutes on 2 cores);
 the full suite takes about 1.5 hours on 2 cores and ~20 GB of disk under bench/out/.
-A section whose needs are missing (../shared/assets, PySpark, scikit-learn, a GPU) is
+A section whose needs are missing (../shared/assets, PySpark, scikit-learn, moto, a GPU) is
 reported as skipped with the reason; `pip install -r requirements-bench.txt` installs
 what the suite needs.
 
@@ -78,6 +80,8 @@ SECTIONS = [
     Section("flowers", "bench_search.py", ("flowers",), None, ("assets",)),
     Section("spark", "bench_spark.py", (), ("--n", "64", "--shards", "4", "--rounds", "2",
                                             "--tiny", "8"), ("pyspark",)),
+    Section("object-store", "bench_object_store.py", (), ("--n", "48", "--shard-size", "16"),
+            ("assets", "s3")),
     Section("e2e", "bench_e2e.py", (), ("--quick",), ("assets",)),
     Section("gpu", "bench_gpu.py", (), ("--quick",), ("gpu", "assets")),
 ]
@@ -92,6 +96,11 @@ def missing(need: str) -> str | None:
             return f"{need} is not installed (pip install -r requirements-bench.txt)"
         if need == "pyspark" and shutil.which("java") is None:
             return "PySpark needs Java 17 (java not found)"
+        return None
+    if need == "s3":
+        if importlib.util.find_spec("s3fs") is None or importlib.util.find_spec("moto") is None:
+            return ("s3fs and moto's server are not installed (pip install -r "
+                    "requirements-dev.txt)")
         return None
     if need == "gpu":
         if shutil.which("nvidia-smi") is None:
