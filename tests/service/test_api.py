@@ -58,6 +58,7 @@ def test_images_items_status_metrics_docs_and_the_page(srv):
     st = json.loads(body)
     assert st["corpus"] == {"version": 1, "images": 30} and "hierarchical" in st["modes"]
     assert st["stages"]["add"].startswith("complete")
+    assert st["text_queries"] is False  # EfficientNet: no text tower, the page hides words
     for path in ("/docs", "/openapi.json", "/"):
         assert srv.get(path)[0] == 200, path
     status, body = srv.get("/metrics")
@@ -88,8 +89,15 @@ def test_a_bad_upload_is_a_400_with_the_reason_preprocess_records(srv, tmp_path,
     ("POST", "/search", {"ids": "1"}, 422, "non-empty list of integers"),
     ("POST", "/search", {"ids": [1], "vectors": [[1]]}, 422, "exactly one of"),
     ("POST", "/search", {"vectors": [[1, 2]]}, 422, "[n, 1280]"),
+    ("POST", "/search", {"vectors": [[False] + [0.1] * 1279]}, 422, "lists of numbers"),
+    ("POST", "/search", {"vectors": [["0.5"] * 1280]}, 422, "lists of numbers"),
     ("POST", "/search", {"ids": [1], "color": "red"}, 422, "unknown option"),
     ("POST", "/search", [1, 2], 422, "must be an object"),
+    # words for a model without a text tower: the models that have one are named
+    ("POST", "/search", {"texts": ["a red bicycle"]}, 400,
+     "no text tower, so they cannot be searched by words: extract the corpus with an "
+     "image-text model (clip-vit-b32, clip-vit-b16, siglip-base-224)"),
+    ("POST", "/search", {"texts": ["a red bicycle", ""]}, 422, '"texts"[1] is empty'),
     # out of range or of the wrong type: refused before anything reaches Faiss or Annoy
     ("GET", "/image/9223372036854775808", None, 422, "image_id"),
     ("GET", "/items/-1", None, 422, "image_id"),

@@ -170,6 +170,8 @@ def _upload_and_find_itself(browser, server, corpus: Path, tmp_path: Path) -> li
     assert mode.get_attribute("value") == status["default_mode"]
     assert [o.get_attribute("value") for o in mode.find_elements(By.TAG_NAME, "option")] == \
         status["modes"]
+    assert not status["text_queries"]  # no text tower: no box for words
+    assert not browser.find_element(By.ID, "text-form").is_displayed()
     browser.find_element(By.ID, "file").send_keys(str(corpus / QUERY))
     # the first image query loads the model in the server (TensorFlow): more time
     _wait(browser, lambda d: _cards(d), "the results of the upload", timeout=120)

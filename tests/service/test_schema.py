@@ -31,6 +31,10 @@ def test_every_answer_and_the_search_body_are_documented(srv):
     assert set(search["responses"]) == {"200", "400", "404", "409", "413", "422", "503"}
     body_types = search["requestBody"]["content"]
     assert set(body_types) == {"application/json", "multipart/form-data"}
+    texts = next(b for b in body_types["application/json"]["schema"]["oneOf"]
+                 if b["required"] == ["texts"])["properties"]["texts"]
+    assert (texts["maxItems"], texts["items"]["minLength"], texts["items"]["maxLength"]) == \
+        (256, 1, 1000)
     assert search["requestBody"]["required"]
     params = {p["name"]: p["schema"] for p in search["parameters"]}
     assert params["rerank"]["maximum"] == 100_000 and params["k"]["maximum"] == 1000

@@ -1,9 +1,10 @@
 """The service's HTTP app (FastAPI) over one open `Searcher`.
 
-Routes: `POST /search` (an uploaded image, ids or vectors), `GET /image/{id}` (the stored
-JPEG), `GET /items/{id}`, `GET /health`, `GET /status`, `GET /metrics`, and the page at
-`/` (static files, no build step). Errors are JSON `{"detail": reason}`: 400 a query that
-cannot be searched (an upload that is not an image: the reason preprocess would record),
+Routes: `POST /search` (an uploaded image, ids, texts or vectors), `GET /image/{id}` (the
+stored JPEG), `GET /items/{id}`, `GET /health`, `GET /status`, `GET /metrics`, and the page
+at `/` (static files, no build step). Errors are JSON `{"detail": reason}`: 400 a query
+that cannot be searched (an upload that is not an image: the reason preprocess would
+record; words for a store whose model has no text tower),
 404 an unknown id, 409 what the store does not hold yet (near-duplicate groups), 413 too
 large, 422 a bad parameter, 503 busy; never a traceback.
 """
@@ -25,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from ..errors import BadQuery, ConfigError, NotBuilt, UnknownId, WorkflowError
 from ..formats.duplicates import groups_summary
 from ..search.modes import MODES, SearchParams
+from ..search.query import TextQuery, require_text_tower
 from .batching import Batcher
 from .limits import BodyLimit, Busy, Gate, UploadTooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
@@ -80,6 +82,15 @@ def _nlist(searcher) -> int:
         return 1
 
 
+def _takes_text(store) -> bool:
+    """Whether the store's model has a text tower (queries in words)."""
+    try:
+        require_text_tower(store)
+    except BadQuery:
+        return False
+    return True
+
+
 def create_app(searcher, limits: Limits = Limits(), status=None,
                threads: int | None = None) -> FastAPI:
     """The app. `status()` gives the body of `GET /status` (default: built from the
@@ -103,12 +114,13 @@ def create_app(searcher, limits: Limits = Limits(), status=None,
               responses={200: {"content": {"application/json": {"schema": RESULTS}}},
                          **errors(400, 404, 409, 413, 422, 503)})
     async def search(request: Request):
-        """Search for an uploaded image (multipart, field `image`), or `{"ids": [...]}`
-        or `{"vectors": [[...]]}`; options k, mode, nprobe, rerank, annoy, search_k,
+        """Search for an uploaded image (multipart, field `image`), or `{"ids": [...]}`,
+        `{"texts": ["a red bicycle"]}` (a store of an image-text model) or
+        `{"vectors": [[...]]}`; options k, mode, nprobe, rerank, annoy, search_k,
         exclude_self, collapse_duplicates as query parameters or JSON fields."""
         queries, opts = await parse_query(request, limits, searcher.d, nlist)
         t = time.perf_counter()
-        if any(isinstance(q, bytes) for q in queries):  # an upload: its own model call
+        if any(isinstance(q, (bytes, TextQuery)) for q in queries):  # its own model call
             results = await gate.run(searcher.search, queries, **opts)
         else:
             results = await batcher.run(queries, opts)
@@ -153,7 +165,8 @@ def _info_routes(app: FastAPI, searcher, metrics: Metrics, status, limits: Limit
                 "cache": searcher.cache.stats(), "removed": searcher.removed_count,
                 "duplicate_groups": groups_summary(searcher.store),
                 "vectors": int(searcher.index.ntotal), "dim": searcher.d,
-                "max_upload_bytes": int(limits.max_upload_mb * 2**20)}
+                "max_upload_bytes": int(limits.max_upload_mb * 2**20),
+                "text_queries": _takes_text(searcher.store)}
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

@@ -1,5 +1,5 @@
-"""Reading a `POST /search` request: the queries (an uploaded image, ids or vectors) and
-the search options, each checked, with a reason for every refusal. Nothing from a
+"""Reading a `POST /search` request: the queries (an uploaded image, ids, texts or
+vectors) and the search options, each checked, with a reason for every refusal. Nothing from a
 request is used as a file-system path: an upload is searched from its bytes."""
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from fastapi import Request
 
 from ..errors import BadQuery, ConfigError, UnknownId
 from ..search.modes import MODES
+from ..search.query import TextQuery
 from .limits import UploadTooLarge
-from .schema import MAX_ID
+from .schema import MAX_ID, MAX_TEXT
 from .schema import options as option_schemas
 
 INT_OPTIONS = ("k", "nprobe", "rerank", "annoy", "search_k")
 INTEGER = re.compile(r"[+-]?\d+")
+NOT_BLANK = re.compile(r"\S")  # a text query must match it (the schema's pattern)
 FLAGS = ("exclude_self", "collapse_duplicates")
 
 
@@ -59,18 +61,27 @@ async def _json_body(request: Request, d: int) -> tuple[list, dict]:
     except ValueError as e:
         raise ConfigError(f"the body is neither a multipart upload nor JSON ({e})") from None
     if not isinstance(body, dict):
-        raise ConfigError('the JSON body must be an object: {"ids": [...]} or '
-                          '{"vectors": [[...]]}')
-    ids, vectors = body.pop("ids", None), body.pop("vectors", None)
-    if (ids is None) == (vectors is None):
-        raise ConfigError('give exactly one of "ids", "vectors" (or upload an "image")')
-    if ids is not None:
+        raise ConfigError('the JSON body must be an object: {"ids": [...]}, {"texts": '
+                          '[...]} or {"vectors": [[...]]}')
+    given = {name: body.pop(name) for name in ("ids", "texts", "vectors") if name in body}
+    if len(given) != 1:
+        raise ConfigError('give exactly one of "ids", "texts", "vectors" (or upload an '
+                          '"image")')
+    if "ids" in given:
+        ids = given["ids"]
         if not isinstance(ids, list) or not ids or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError('"ids" must be a non-empty list of integers')
         if outside := [i for i in ids if not 0 <= i <= MAX_ID]:
             raise UnknownId(f"id {outside[0]} is not in the corpus")
         return list(ids), _typed(body)
+    if "texts" in given:
+        return _texts(given["texts"]), _typed(body)
+    vectors = given["vectors"]
+    if not isinstance(vectors, list) or not all(  # numbers: not true, not "1.5"
+            isinstance(row, list) and all(type(v) in (int, float) for v in row)
+            for row in vectors):
+        raise ConfigError('"vectors" must be a list of lists of numbers')
     try:
         x = np.asarray(vectors, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
@@ -80,6 +91,23 @@ async def _json_body(request: Request, d: int) -> tuple[list, dict]:
     # only the direction counts (queries are L2-normalised): scaled into float32's range
     scale = np.abs(x).max(axis=1, keepdims=True)
     return [(x / np.where(scale > 0, scale, 1.0)).astype(np.float32)], _typed(body)
+
+
+def _texts(texts) -> list[TextQuery]:
+    """Queries in words: a non-empty list of strings, each with a character that is not
+    blank and at most MAX_TEXT characters."""
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ConfigError('"texts" must be a non-empty list of strings')
+    for i, t in enumerate(texts):
+        if not NOT_BLANK.search(t):
+            raise ConfigError(f'"texts"[{i}] is empty: a query in words needs a word')
+        if len(t) > MAX_TEXT:
+            raise ConfigError(f'"texts"[{i}] has {len(t)} characters: at most {MAX_TEXT}')
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f'"texts"[{i}] is not valid Unicode (a lone surrogate)') from None
+    return [TextQuery(t) for t in texts]
 
 
 def _typed(body: dict) -> dict:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from ..search.modes import MAX_CANDIDATES, MAX_SEARCH_K, MODES
 
 MAX_ID = 2**63 - 1  # ids and integer options are 64-bit
+MAX_TEXT = 1000  # characters of one query in words
 
 ERROR = {"type": "object", "required": ["detail"],
          "properties": {"detail": {"type": "string", "description": "the reason"}}}
 ANSWERS = {
     400: "the query cannot be searched (an upload that is not an image: the reason "
-         "preprocess would record)",
+         "preprocess would record; words for a store whose model has no text tower: the "
+         "models that have one)",
     404: "an id that is not in the corpus (or has no stored image)",
     409: "the store does not hold it yet (near-duplicate groups before the duplicates "
          "stage ran)",
@@ -69,13 +71,18 @@ def options(limits, nlist: int) -> dict[str, dict]:
 
 
 def search_openapi(limits, d: int, nlist: int) -> dict:
-    """`openapi_extra` of `POST /search`: its query parameters and its body (JSON ids or
-    vectors, or a multipart upload), each with the options."""
+    """`openapi_extra` of `POST /search`: its query parameters and its body (JSON ids,
+    texts or vectors, or a multipart upload), each with the options."""
     opts = options(limits, nlist)
     many = {"minItems": 1, "maxItems": limits.max_queries}
     ids = {"type": "object", "required": ["ids"], "additionalProperties": False,
            "properties": {"ids": {"type": "array", **many, "items": {
                "type": "integer", "minimum": 0, "maximum": MAX_ID}}, **opts}}
+    texts = {"type": "object", "required": ["texts"], "additionalProperties": False,
+             "description": "queries in words (a store extracted with an image-text model)",
+             "properties": {"texts": {"type": "array", **many, "items": {
+                 "type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S",
+                 "description": "words, not only blanks"}}, **opts}}
     vectors = {"type": "object", "required": ["vectors"], "additionalProperties": False,
                "properties": {"vectors": {"type": "array", **many, "items": {
                    "type": "array", "minItems": d, "maxItems": d,
@@ -86,6 +93,6 @@ def search_openapi(limits, d: int, nlist: int) -> dict:
         "parameters": [{"name": name, "in": "query", "required": False, "schema": schema}
                        for name, schema in opts.items()],
         "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"oneOf": [ids, vectors]}},
+            "application/json": {"schema": {"oneOf": [ids, texts, vectors]}},
             "multipart/form-data": {"schema": upload}}},
     }

@@ -1,14 +1,16 @@
 "use strict";
-// The search page. A query is an image (dropped, pasted or chosen) or an image id; the
-// answer is a grid of cards, and a card's click searches for more like it. An id query
-// lives in the URL (?id=17&k=10&mode=...&collapse_duplicates=true), so back/forward and bookmarks work; an image
-// cannot, so its history entry keeps the file in memory (`uploads`) for this page's life.
+// The search page. A query is an image (dropped, pasted or chosen), an image id or, where
+// the store's model reads text (CLIP, SigLIP: /status says text_queries), words; the
+// answer is a grid of cards, and a card's click searches for more like it. An id or words
+// live in the URL (?id=17&k=10&mode=...&collapse_duplicates=true, ?text=a+red+bicycle&k=10),
+// so back/forward and bookmarks work; an image cannot, so its history entry keeps the file
+// in memory (`uploads`) for this page's life.
 // Data from the server is only ever inserted with textContent.
 
 const $ = (id) => document.getElementById(id);
 const uploads = new Map(); // history entry number -> {file, url} of an image query
 const MAX_UPLOADS = 20;
-let current = null; // {id} or {upload}: what the grid shows (re-run when k or mode change)
+let current = null; // {id}, {text} or {upload}: what the grid shows (re-run when k or mode change)
 let seq = 0; // number of the newest request: older answers are dropped
 let entry = 0; // numbers the image queries
 const PAGE = Math.random().toString(36).slice(2); // entries of an earlier page life differ
@@ -92,7 +94,8 @@ function render(response, name) {
 
 function showQuery(src, label) {
   $("query").hidden = false;
-  $("query-img").src = src;
+  $("query-img").hidden = !src; // words have no picture
+  if (src) $("query-img").src = src;
   $("query-label").textContent = label;
 }
 
@@ -133,9 +136,9 @@ async function post(params, init, name) {
 // how: "push" (a new history entry), "replace" (the same entry, new options) or "none"
 function go(query, how) {
   current = query;
-  const url = new URLSearchParams(query.upload ? {} : { id: query.id });
+  const url = new URLSearchParams(query.upload ? {} : query); // id=17 or text=...
   options().forEach((v, k) => url.set(k, v));
-  const state = query.upload ? { upload: query.upload } : { id: query.id };
+  const state = query.upload ? { upload: query.upload } : { ...query };
   if (how === "push") history.pushState(state, "", `?${url}`);
   if (how === "replace") history.replaceState(state, "", `?${url}`);
   const params = options();
@@ -146,13 +149,17 @@ function go(query, how) {
     form.append("image", u.file, u.file.name || "pasted-image");
     return post(params, { body: form }, "upload");
   }
+  const json = { headers: { "Content-Type": "application/json" } };
+  if (query.text !== undefined) {
+    $("query-text").value = query.text;
+    showQuery(null, `Words: ${query.text}`);
+    return post(params, { ...json, body: JSON.stringify({ texts: [query.text] }) }, "text");
+  }
   $("query-id").value = query.id;
   showQuery(`/image/${encodeURIComponent(query.id)}`, `Image id ${query.id}`);
   describe(query.id);
   params.set("exclude_self", "true");
-  const init = { headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ ids: [query.id] }) };
-  return post(params, init, `id${query.id}`);
+  return post(params, { ...json, body: JSON.stringify({ ids: [query.id] }) }, `id${query.id}`);
 }
 
 function upload(file) {
@@ -178,6 +185,8 @@ function fromLocation(state) {
   applyOptions(params);
   const id = params.get("id");
   if (id !== null && /^\d+$/.test(id)) return go({ id: Number(id) }, "none");
+  const text = params.get("text");
+  if (text !== null && text.trim()) return go({ text }, "none");
   if (state && uploads.has(state.upload)) return go({ upload: state.upload }, "none");
   current = null;
   seq++;
@@ -198,6 +207,7 @@ async function loadModes() {
     const modes = s.modes || [];
     select.replaceChildren(...modes.map((m) => new Option(m, m, false, m === s.default_mode)));
     $("collapse-label").hidden = !s.duplicate_groups; // only once the groups exist
+    $("text-form").hidden = !s.text_queries; // only where the model reads text
   } catch (err) {
     setStatus(`Cannot read the server's status: ${err.message}`, true);
   }
@@ -214,6 +224,12 @@ function wire() {
     const text = $("query-id").value.trim();
     if (!/^\d+$/.test(text)) return setStatus("Type an image id (a whole number).", true);
     go({ id: Number(text) }, "push");
+  });
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("query-text").value.trim();
+    if (!text) return setStatus("Type some words, e.g. a red bicycle.", true);
+    go({ text }, "push");
   });
   const pick = (e) => {
     const fig = e.target.closest("figure.result");
