@@ -135,7 +135,7 @@ class Store:
         credentials it refuses and a bucket that does not exist each stop the command
         here, with one message that says which and what to do (a stage would otherwise
         retry every call for minutes, or create a mistyped bucket)."""
-        bucket = self.root.split("/", 1)[0]
+        bucket = self.fs.split_path(self.root)[0]
         try:  # not retried here: the client has retried a refused connection itself
             self.fs.info(bucket)  # (botocore: 5 attempts in some 10 s)
         except FileNotFoundError:
