@@ -81,7 +81,9 @@ class Store:
                 self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True),
                             f"create store {url}")
         elif not self._retry(lambda: self.fs.isdir(self.root), f"open store {url}"):
-            raise StoreError(f"there is no store at {url}; check --store (is Drive mounted?)")
+            raise StoreError(f"there is no store at {url}; check --store " + (
+                "(nothing is under that prefix in its bucket)" if self.bucketed
+                else "(is Drive mounted?)"))
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
