@@ -1,11 +1,11 @@
 """`workflow.notebook`: one call to open a store, one to show results inline."""
 import pytest
-from clip_store import clip_store
 
 from workflow.errors import BadQuery, WorkflowError
 from workflow.notebook import open_store
 from workflow.search.query import TextQuery
 
+from clip_store import clip_store
 from conftest import indexed_store
 
 

@@ -9,8 +9,9 @@ import json
 import urllib.request
 
 import pytest
-from clip_store import clip_store
 from test_page import _browser_binaries, _cards, _query_of, _severe, _text, _wait, browser, server
+
+from clip_store import clip_store
 
 __all__ = ["browser", "server"]  # the fixtures, used by name
 pytestmark = pytest.mark.timeout(300)

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from clip_store import clip_store
 
+from clip_store import clip_store
 from conftest import ROOT
 from served import Server
 
