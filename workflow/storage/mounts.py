@@ -11,6 +11,7 @@ that the first random reads after a cold start do not each wait on the disk.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -86,3 +87,11 @@ def read_ahead(files: list[str], chunk: int = 4 << 20) -> None:
             logger.debug("no read-ahead for %s: %s", path, e)
         finally:
             os.close(fd)
+
+
+def default_scratch(store_url: str) -> Path:
+    """A per-store scratch folder on local disk ($WORKFLOW_SCRATCH or the temp dir)."""
+    base = os.environ.get("WORKFLOW_SCRATCH") or os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "workflow-scratch")
+    tag = hashlib.sha256(store_url.encode()).hexdigest()[:10]
+    return Path(base) / tag

@@ -21,10 +21,11 @@ from typing import Any
 import fsspec
 
 from ..errors import CorruptFile, StoreError
-from ..utils import is_transient, retry_io, sha256_file
+from ..utils import retry_io, sha256_file
 from .frozen import freeze
 from .marker import Marker
-from .mounts import reads_in_place
+from .mounts import default_scratch, reads_in_place
+from .remote import endpoint_of, failure, open_bucket, protocols
 
 logger = logging.getLogger(__name__)
 
@@ -34,27 +35,11 @@ TMP_TAG = ".tmp-"
 STAMP = ".verified"  # beside a fetched local copy: the marker it was checked against
 STAMP_MIN_BYTES = 16 << 20
 FORMAT_VERSION = 1
-# where an object store's credentials and endpoint come from, for messages (by protocol)
-CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws, an instance "
-               "role, or key and secret in --storage-options",
-               "gs": "GOOGLE_APPLICATION_CREDENTIALS, the machine's account, or token in "
-               "--storage-options"}
-ENDPOINTS = {"s3": "AWS_ENDPOINT_URL, or endpoint_url in --storage-options"}
-
-
-def default_scratch(store_url: str) -> Path:
-    """A per-store scratch folder on local disk ($WORKFLOW_SCRATCH or the temp dir)."""
-    base = os.environ.get("WORKFLOW_SCRATCH") or os.path.join(
-        os.environ.get("TMPDIR", "/tmp"), "workflow-scratch")
-    tag = hashlib.sha256(store_url.encode()).hexdigest()[:10]
-    return Path(base) / tag
 
 
 class Store:
-    """A store root (local path or fsspec URL) plus a local scratch folder.
-
-    Every call that touches the store is retried on transient I/O errors.
-    """
+    """A store root (local path or fsspec URL) plus a local scratch folder; every call
+    that touches the store is retried on transient I/O errors."""
 
     def __init__(self, url: str | os.PathLike, scratch: str | os.PathLike | None = None,
                  verify: str = "sha256", retries: int = 6, retry_delay: float = 0.5,
@@ -65,7 +50,7 @@ class Store:
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = self.root.rstrip("/") or "/"
-        self.is_local = "file" in _protocols(self.fs)
+        self.is_local = "file" in protocols(self.fs)
         self.scratch = Path(scratch) if scratch else default_scratch(url)
         self.scratch.mkdir(parents=True, exist_ok=True)
         if verify not in ("sha256", "size"):
@@ -75,12 +60,10 @@ class Store:
         # never made here: it is checked first
         self.bucketed = not self.is_local and hasattr(self.fs, "split_path")
         if self.bucketed:
-            self._open_bucket()
-        if create:
-            if not self.bucketed:
-                self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True),
-                            f"create store {url}")
-        elif not self._retry(lambda: self.fs.isdir(self.root), f"open store {url}"):
+            open_bucket(self.fs, self.root, url)
+        elif create:
+            self._retry(lambda: self.fs.makedirs(self.root, exist_ok=True), f"create store {url}")
+        if not create and not self._retry(lambda: self.fs.isdir(self.root), f"open store {url}"):
             raise StoreError(f"there is no store at {url}; check --store " + (
                 "(nothing is under that prefix in its bucket)" if self.bucketed
                 else "(is Drive mounted?)"))
@@ -101,62 +84,16 @@ class Store:
             return retry_io(fn, what, attempts=self.retries, base_delay=self.retry_delay)
         except FileNotFoundError:
             raise
-        except PermissionError as e:
-            if not self.is_local:
-                raise StoreError(f"{what}: {self.endpoint} refused access ({e}). Check "
-                                 f"the credentials ({self._credentials}) and that they may "
-                                 "read and write the bucket; finished work is kept") from e
-            raise StoreError(f"{what}: permission denied ({e.filename or e}). Check that the "
-                             "store is writable by you (a Drive mounted read-only? a shared "
-                             "folder you may only read?); finished work is kept") from e
         except Exception as e:
-            # OSErrors, and the object store client's network errors (not OSErrors)
-            if not isinstance(e, OSError) and not is_transient(e):
+            error = failure(what, e, self.fs, self.is_local, self.retries)
+            if error is None:
                 raise
-            where = ("the store is reachable - e.g. that Drive is still mounted -"
-                     if self.is_local else f"{self.endpoint} is reachable")
-            raise StoreError(f"{what}: {_reason(e)} (still failing after {self.retries} "
-                             f"attempts; check that {where} and re-run: finished work is "
-                             "kept)") from e
+            raise error from e
 
     @property
     def endpoint(self) -> str:
-        """Where an object store's requests go, for messages: the S3 client's endpoint (an
-        S3-compatible server's address, or AWS's), else the store's protocol."""
-        try:
-            return self.fs.s3.meta.endpoint_url
-        except Exception:  # noqa: BLE001 - not s3fs, or no client
-            return f"the {_protocols(self.fs)[0]}:// service"
-
-    @property
-    def _credentials(self) -> str:
-        return CREDENTIALS.get(_protocols(self.fs)[0], "--storage-options")
-
-    def _open_bucket(self) -> None:
-        """Reach the store's bucket before anything else. An endpoint out of reach,
-        credentials it refuses and a bucket that does not exist each stop the command
-        here, with one message that says which and what to do (a stage would otherwise
-        retry every call for minutes, or create a mistyped bucket)."""
-        bucket = self.fs.split_path(self.root)[0]
-        try:  # not retried here: the client has retried a refused connection itself
-            self.fs.info(bucket)  # (botocore: 5 attempts in some 10 s)
-        except FileNotFoundError:
-            raise StoreError(f"there is no bucket {bucket!r} at {self.endpoint} (--store "
-                             f"{self.url}): create it first, or correct --store (or the "
-                             "endpoint: " + ENDPOINTS.get(_protocols(self.fs)[0], "--storage-"
-                             "options") + ")") from None
-        except PermissionError as e:
-            raise StoreError(f"{self.endpoint} refused access to bucket {bucket!r} ({e}): "
-                             f"check the credentials ({self._credentials}) and that they "
-                             "may read and write the bucket") from None
-        except Exception as e:
-            if not isinstance(e, OSError) and not is_transient(e):
-                raise
-            endpoint = ENDPOINTS.get(_protocols(self.fs)[0])
-            raise StoreError(f"cannot reach {self.endpoint} for --store {self.url} "
-                             f"({_reason(e)}): check that the server runs and is reachable "
-                             "from here" + (f", and the endpoint ({endpoint})" if endpoint
-                                            else "") + "; then re-run") from None
+        """Where an object store's requests go, for messages (`remote.endpoint_of`)."""
+        return endpoint_of(self.fs)
 
     def exists(self, rel: str) -> bool:
         def probe():  # not fs.exists(): it answers False on any error, even a dropped mount
@@ -264,10 +201,8 @@ class Store:
     def marker(self, stage: str, unit: str) -> Marker | None:
         """The unit's marker if it exists and matches its file (size), else None."""
         d = self.read_json(self.marker_path(stage, unit))
-        if d is None:
-            return None
-        m = Marker.from_json(d)
-        return m if self.size(m.path) == m.size else None
+        m = None if d is None else Marker.from_json(d)
+        return m if m is not None and self.size(m.path) == m.size else None
 
     def markers(self, stage: str) -> dict[str, Marker]:
         """All markers of a stage by unit, without checking their files."""
@@ -282,11 +217,10 @@ class Store:
     def remove_marker(self, stage: str, unit: str, remove_file: bool = False) -> None:
         """Forget that a unit is done (its file too, with remove_file); no-op if absent."""
         m = self.marker(stage, unit)
-        if m is None:
-            return
-        self.remove(self.marker_path(stage, unit))
-        if remove_file and self.exists(m.path):
-            self.remove(m.path)
+        if m is not None:
+            self.remove(self.marker_path(stage, unit))
+            if remove_file and self.exists(m.path):
+                self.remove(m.path)
 
     def commit(self, local: str | os.PathLike, rel: str, stage: str, unit: str,
                stage_fingerprint: str, extra: dict | None = None) -> Marker:
@@ -463,13 +397,3 @@ def _stamp(local: Path, marker: Marker) -> None:
         return
     local.with_name(local.name + STAMP).write_text(
         json.dumps([marker.sha256, st.st_size, st.st_mtime_ns]))
-
-
-def _reason(e: BaseException) -> str:
-    """An exception as one line for a message: its kind and what it says."""
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-def _protocols(fs) -> tuple:
-    p = fs.protocol
-    return p if isinstance(p, tuple) else (p,)
