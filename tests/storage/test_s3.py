@@ -276,3 +276,34 @@ def test_a_second_serve_start_reuses_the_checked_copies_in_scratch(
                                    f"{prefix}/prefilter/annoy.ann"})
     assert downloads[1] == []
     assert (scratch / "add" / "final" / "rerank.npy").is_file()
+
+
+def test_a_few_reads_of_an_image_shard_move_a_few_blocks_not_the_shard(server, tmp_path):
+    """A shard's outcomes, or three of its JPEGs, read in the bucket: h5py's small reads
+    fetch small blocks (an object store's default block, 50 MB with s3fs, moved most of
+    a shard each time)."""
+    import h5py
+    import numpy as np
+
+    from workflow.formats.images import read_outcomes, read_stored_jpegs
+    from workflow.storage.store import Store
+    n, rng = 1000, np.random.default_rng(0)
+    path = tmp_path / "shard-00000.h5"
+    with h5py.File(path, "w") as f:
+        f["ids"], f["status"] = np.arange(n), np.zeros(n, np.int8)
+        f["content_hash"] = np.zeros((n, 16), np.uint8)
+        f.create_dataset("reason", data=[""] * n, dtype=h5py.string_dtype())
+        jpeg = f.create_dataset("jpeg", (n,), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(n):
+            jpeg[i] = rng.integers(0, 255, 20_000, dtype=np.uint8)  # 20 MB in all
+    s3(server.endpoint).put(str(path), "index-store/blocks/images/shard-00000.h5")
+    with TcpProxy(server.port) as proxy:
+        store = Store("s3://index-store/blocks", tmp_path / "scratch", storage_options={
+            "endpoint_url": proxy.endpoint, "key": "testing", "secret": "testing"})
+        before = proxy.received
+        ids, *_ = read_outcomes(store, "images/shard-00000.h5")
+        outcomes = proxy.received - before
+        got = read_stored_jpegs(store, "images/shard-00000.h5", [5, 500, 995])
+        jpegs = proxy.received - before - outcomes
+    assert ids.tolist() == list(range(n)) and [len(j) for j in got] == [20_000] * 3
+    assert outcomes < 3e6 and jpegs < 6e6, (outcomes, jpegs)
