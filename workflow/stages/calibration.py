@@ -30,12 +30,12 @@ hardest negative: a different photo of the same subject, typically. Where the 99
 percentile of those lies below the threshold the edits allow, the threshold is placed in
 the middle of the gap (rounded up to 0.01), so that the margin on both sides is stated
 in `calibration.json`: edits allowed 0.96 on flowers12 with MobileNet v1, whose nearest
-different photos reach 0.934 (0.95 chosen); a collection without look-alikes gets a lower
+different photos reach 0.936 (0.95 chosen); a collection without look-alikes gets a lower
 threshold and finds more crops. Where the non-copies reach as high as the edits, the
 threshold goes just above them (precision first), with a warning. The copy test is
 first checked on the store's own edits: where it misses more than a tenth of some kind
 (pictures with too little detail for keypoints, such as CIFAR-10 scaled up, where it
-found 80% of the crops), a neighbour it calls a non-copy may be a copy, and the edits
+found 74% of the crops), a neighbour it calls a non-copy may be a copy, and the edits
 alone set the threshold.
 Stores whose features were not made by a model this workflow loads fall back to 0.90.
 """
@@ -112,10 +112,10 @@ def calibrate(searcher, sample: int = SAMPLE, seed: int = 0, neighbours=None) ->
     return {**_choose(sims, np.array(kinds), unrelated, len(ids), hashed, hard), **extra}
 
 
-def _is_copy(hash_a, hash_b, points_a, points_b) -> bool:
-    """The copy test: pHashes near, or COPY_MATCHES keypoint matches or more."""
-    return _near(hash_a, hash_b) or (points_a is not None and points_b is not None and
-                                     same_picture_matches(points_a, points_b) >= COPY_MATCHES)
+def _keypoints_match(a, b) -> bool:
+    """The keypoint half of the copy test (the other: pHashes near): COPY_MATCHES
+    matches or more."""
+    return a is not None and b is not None and same_picture_matches(a, b) >= COPY_MATCHES
 
 
 def copy_test_check(jpegs: dict, owners: list[int], edits: list[bytes], kinds: list[str],
@@ -128,8 +128,7 @@ def copy_test_check(jpegs: dict, owners: list[int], edits: list[bytes], kinds: l
     seen: dict[str, list[bool]] = {}
     for o, e, k, h in zip(owners, edits, kinds, hashed.tolist()):
         if o in first:
-            seen.setdefault(k, []).append(h or _is_copy(None, None, points[o],
-                                                        jpeg_keypoints(e)))
+            seen.setdefault(k, []).append(h or _keypoints_match(points[o], jpeg_keypoints(e)))
     return {k: round(float(np.mean(v)), 4) for k, v in seen.items()}
 
 
@@ -155,9 +154,8 @@ def hardest_negatives(read, ids: np.ndarray, nbrs: np.ndarray, sims: np.ndarray,
         return known[i]
 
     def copies(i: int, j: int) -> bool:
-        if _near(of(i, hashes, phash), of(j, hashes, phash)):
-            return True
-        return _is_copy(None, None, of(i, points, jpeg_keypoints), of(j, points, jpeg_keypoints))
+        return _near(of(i, hashes, phash), of(j, hashes, phash)) or \
+            _keypoints_match(of(i, points, jpeg_keypoints), of(j, points, jpeg_keypoints))
 
     out = []
     for r in rows.tolist():
