@@ -200,7 +200,8 @@ def run_search(a: argparse.Namespace) -> int:
                                      [int(r.query[3:]) for r in results
                                       if r.query.startswith("id:")])
         path = write_results_page(results, thumbs, a.out, f"{len(results)} queries, "
-                                  f"top {a.k}, {a.mode or searcher.default_mode}")
+                                  f"top {a.k}, "
+                                  f"{a.mode or searcher.mode_for(len(texts) == len(queries))}")
         print(f"result page: {path}", file=sys.stderr)
     return EXIT_OK
 

@@ -45,7 +45,8 @@ class Notebook:
         results = self.searcher.search(qs, k=k, **options)
         ids = [i for r in results for i in r.ids] + [int(r.query[3:]) for r in results
                                                       if r.query.startswith("id:")]
-        title = f"top {k}, {options.get('mode') or self.searcher.default_mode}"
+        words = all(isinstance(q, TextQuery) for q in qs)
+        title = f"top {k}, {options.get('mode') or self.searcher.mode_for(words)}"
         return results_html(results, self.searcher.thumbnails(ids), title), results
 
     def show(self, queries, k: int = 10, **options) -> list:

@@ -52,7 +52,10 @@ def test_schemathesis_finds_no_server_error_and_no_contract_violation(srv, tmp_p
     r = subprocess.run([exe, "run", f"{srv.url}/openapi.json",
                         "--exclude-checks", "positive_data_acceptance",
                         "--max-examples", "30", "--seed", "0",
-                        "--suppress-health-check", "all", "--no-color"],
+                        "--suppress-health-check", "all", "--no-color",
+                        # the first image query loads the model: seconds, more on a busy
+                        # machine, not a hang (Schemathesis gives up after 10 s)
+                        "--request-timeout", "60"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-6000:]
     assert "No issues found" in r.stdout

@@ -43,8 +43,48 @@ def report_markdown(report: dict) -> str:
     p = report.get("precision")
     if p:
         lines += _precision_markdown(p)
-    lines += ["## Sweeps", ""]
-    for mode, points in report["sweeps"].items():
+    text = report.get("text")
+    if text:
+        lines += _text_markdown(report, text)
+    lines += _sweeps_markdown(report["sweeps"], "")
+    if text:
+        lines += _sweeps_markdown(text["sweeps"], " (queries in words)")
+    if any(pt["p50_ms"] is None for points in report["sweeps"].values() for pt in points):
+        lines += ["Latency and recall@100 are measured at the settings that decide the "
+                  "tuning: the 3 with the most queries/s in batches that reach the target "
+                  "(`--full-sweep` measures every one).", ""]
+    return "\n".join(lines)
+
+
+def _text_markdown(report: dict, text: dict) -> list[str]:
+    """The queries in words: tuned for them, and beside the image queries."""
+    lines = [f"## Queries in words ({text['queries']:,}: {text['query_source']})", "",
+             "Tuned on their own (the search defaults for queries in words):", "",
+             tuned_table(text), "",
+             "Beside the image queries: recall@10 of the queries in words at the settings "
+             "tuned on the image queries, and at their own.", "",
+             "| mode | image-tuned setting | image queries | words at it | words' own setting "
+             "| words at it |", "|---|---|---:|---:|---|---:|"]
+    for mode, t in text["tuned"].items():
+        img = report["tuned"].get(mode)
+        at = text["at_image_settings"].get(mode)
+        if img is None or at is None:
+            continue
+        lines.append(f"| {mode} | {_params(img)} | {img['recall@10']:.3f} | "
+                     f"{at['recall@10']:.3f} | {_params(t)} | {t['recall@10']:.3f} |")
+    lines.append("")
+    if text.get("precision"):
+        lines += _precision_markdown(text["precision"], " of the queries in words")
+    return lines
+
+
+def _params(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point["params"].items()) or "-"
+
+
+def _sweeps_markdown(sweeps: dict, title: str) -> list[str]:
+    lines = [f"## Sweeps{title}", ""]
+    for mode, points in sweeps.items():
         lines += [f"### {mode}", "", "| parameters | recall@1 | recall@10 | tie-aware@10 | "
                   "recall@100 | p50 ms | p99 ms | queries/s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -55,20 +95,16 @@ def report_markdown(report: dict) -> str:
                          f"{_num(pt['p50_ms'], 2)} | {_num(pt['p99_ms'], 2)} | "
                          f"{pt['qps']:,.0f} |")
         lines.append("")
-    if any(pt["p50_ms"] is None for points in report["sweeps"].values() for pt in points):
-        lines += ["Latency and recall@100 are measured at the settings that decide the "
-                  "tuning: the 3 with the most queries/s in batches that reach the target "
-                  "(`--full-sweep` measures every one).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _num(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _precision_markdown(p: dict) -> list[str]:
+def _precision_markdown(p: dict, of: str = "") -> list[str]:
     names = list(p["by_mode"])
-    lines = ["## Precision@k by class (same folder = relevant)", "",
+    lines = [f"## Precision@k by class{of} (same folder = relevant)", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for k in PRECISION_AT:
         lines.append(f"| mean P@{k} | " + " | ".join(
@@ -85,10 +121,16 @@ def recall_qps_plot(report: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    colours = {}
     for mode, points in report["sweeps"].items():
         pts = sorted(points, key=lambda p: p["qps"])
-        ax.plot([p["qps"] for p in pts], [p["recall@10"] for p in pts], "o-", ms=3,
-                label=mode)
+        line, = ax.plot([p["qps"] for p in pts], [p["recall@10"] for p in pts], "o-", ms=3,
+                        label=mode)
+        colours[mode] = line.get_color()
+    for mode, points in (report.get("text") or {}).get("sweeps", {}).items():
+        pts = sorted(points, key=lambda p: p["qps"])
+        ax.plot([p["qps"] for p in pts], [p["recall@10"] for p in pts], "s--", ms=3,
+                color=colours.get(mode), label=f"{mode} (words)")
     ax.axhline(report["target_recall"], color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("queries/s (batches, log scale)")
@@ -108,8 +150,16 @@ def search_defaults(report: dict) -> dict:
     single-query p50) of the modes that reach the target recall, `exact` included (on
     a small corpus a full scan is both perfect and fastest), the one with the best
     recall@10 among those within 5% of the cheapest; where none reaches the target, the
-    one that comes closest."""
-    tuned = report["tuned"]
+    one that comes closest. Under "text", the same for the queries in words, where they
+    were measured."""
+    out = _defaults(report["tuned"])
+    out.update({"target_recall": report["target_recall"], "tuned_on": report["date"]})
+    if report.get("text"):
+        out["text"] = _defaults(report["text"]["tuned"])
+    return out
+
+
+def _defaults(tuned: dict) -> dict:
     out = {m: t["params"] for m, t in tuned.items()}
     met = [m for m, t in tuned.items() if t["target_met"]]
     if met:  # the cheapest; of those within 5% of it (noise), the most exact
@@ -118,6 +168,5 @@ def search_defaults(report: dict) -> dict:
                    key=lambda m: (tuned[m]["recall@10"], -tuned[m]["p50_ms"]))
     else:
         best = max(tuned, key=lambda m: (tuned[m]["recall@10"], -list(tuned).index(m)))
-    out.update({"default_mode": best, "target_recall": report["target_recall"],
-                "tuned_on": report["date"]})
+    out["default_mode"] = best
     return out

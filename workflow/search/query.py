@@ -134,13 +134,13 @@ def read_query_file(path) -> bytes:
                             "check the path") from None
 
 
-def read_text_queries(path) -> list[str]:
+def read_text_queries(path, flag: str = "--text-file") -> list[str]:
     """The queries in words of a text file: one a line, blank lines skipped."""
     try:
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise WorkflowError(f"--text-file {os.fspath(path)}: cannot read it as UTF-8 text "
+        raise WorkflowError(f"{flag} {os.fspath(path)}: cannot read it as UTF-8 text "
                             f"({e})") from None
 
 

@@ -86,6 +86,11 @@ class Searcher:
         saved = read_search_defaults(self.store)
         self.defaults = {m: replace(SearchParams(), **saved.get(m, {})) for m in MODES}
         self.default_mode = saved.get("default_mode", "hierarchical")
+        # queries in words lie elsewhere in the space (the modality gap): evaluation tunes
+        # them on their own; where it did not, they take the image queries' defaults
+        text = saved.get("text") or {}
+        self.text_defaults = {m: replace(self.defaults[m], **text.get(m, {})) for m in MODES}
+        self.text_default_mode = text.get("default_mode", self.default_mode)
         self._removals: tuple | None = None  # (version, mask, selector, bitmap, checked at)
         self._cache_lock, self._model_lock = threading.Lock(), threading.Lock()
         self.removal_check_seconds = REMOVAL_CHECK_SECONDS
@@ -201,11 +206,17 @@ class Searcher:
         return [keys[i] if 0 <= i < len(keys) else "" for i in ids]
 
     # -- numeric search ----------------------------------------------------------------
-    def params(self, mode: str, **overrides) -> SearchParams:
-        """The mode's defaults (tuned by evaluation where it ran) with overrides applied."""
+    def mode_for(self, text: bool = False) -> str:
+        """The default mode of image, id and vector queries, or (`text`) of those in words."""
+        return self.text_default_mode if text else self.default_mode
+
+    def params(self, mode: str, text: bool = False, **overrides) -> SearchParams:
+        """The mode's defaults (tuned by evaluation where it ran; for queries in words
+        with `text`) with overrides applied."""
         check_mode(mode)
         given = {k: v for k, v in overrides.items() if v is not None}
-        return mode_params(self.defaults[mode], mode, given,
+        base = self.text_defaults if text else self.defaults
+        return mode_params(base[mode], mode, given,
                            lambda: faiss.extract_index_ivf(self.index).nlist)
 
     def search_vectors(self, xq: np.ndarray, k: int = 10, mode: str | None = None,
@@ -268,13 +279,27 @@ class Searcher:
         model's store) or a vector (a 1-d array, or a 2-d array whose rows are queries).
         Results of a query asked before with the same parameters come from the cache,
         without touching the index. With `collapse_duplicates`, at most one image of
-        each near-duplicate group."""
-        mode = check_mode(mode or self.default_mode)
-        p = self.params(mode, **params)
+        each near-duplicate group. Queries in words take the defaults evaluation tuned
+        for them (`text_defaults`, `text_default_mode`), the others the image ones."""
         if k < 1:
             raise ConfigError("k must be at least 1")
-        groups = self.duplicate_groups if collapse_duplicates else None
         qs = parse_queries(queries)
+        words = [q.text is not None for q in qs]
+        if any(words) and not all(words):  # each kind with its own defaults, in order
+            parts = {kind: [q for q, w in zip(qs, words) if w == kind] for kind in (0, 1)}
+            found = {kind: iter(self._search(part, k, mode, exclude_self,
+                                             collapse_duplicates, bool(kind), params))
+                     for kind, part in parts.items()}
+            return [next(found[w]) for w in words]
+        return self._search(qs, k, mode, exclude_self, collapse_duplicates,
+                            bool(words) and words[0], params)
+
+    def _search(self, qs: list[Query], k: int, mode: str | None, exclude_self: bool,
+                collapse_duplicates: bool, text: bool, params: dict) -> list[QueryResult]:
+        """`search` for queries of one kind (`text`: all in words, else none)."""
+        mode = check_mode(mode or self.mode_for(text))
+        p = self.params(mode, text, **params)
+        groups = self.duplicate_groups if collapse_duplicates else None
         tag = json.dumps([mode, k, exclude_self, p.for_mode(mode), self.removals()[0],
                           collapse_duplicates])
         out: list[QueryResult | None] = [None] * len(qs)

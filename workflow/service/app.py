@@ -166,7 +166,10 @@ def _info_routes(app: FastAPI, searcher, metrics: Metrics, status, limits: Limit
                 "duplicate_groups": groups_summary(searcher.store),
                 "vectors": int(searcher.index.ntotal), "dim": searcher.d,
                 "max_upload_bytes": int(limits.max_upload_mb * 2**20),
-                "text_queries": _takes_text(searcher.store)}
+                "text_queries": _takes_text(searcher.store),
+                "text_default_mode": searcher.text_default_mode,
+                "text_defaults": {m: dataclasses.asdict(p)
+                                  for m, p in searcher.text_defaults.items()}}
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

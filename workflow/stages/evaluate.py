@@ -13,6 +13,13 @@
 - `evaluation/search_defaults.json`: per mode, the cheapest measured parameters (lowest
   p50 latency) that reach --target-recall, and the default mode: the cheapest of those
   that reach it, `exact` included; the `Searcher` uses them as its defaults.
+- Queries in words (a store made with an image-text model, `HUB_MODELS`): the lines of
+  `--text-queries`, or a prompt per class folder ("a photo of a {folder}"), embedded by
+  the text tower, get their own ground truth (`groundtruth-text.npz`), sweeps
+  (`sweep-text-<mode>.npz`) and tuned defaults (`search_defaults.json`'s "text"), since
+  they lie elsewhere in the space than the images (the modality gap) and settings tuned
+  on image queries can miss their target on them. The report puts both kinds side by
+  side, with the text queries' recall at the image-tuned settings.
 - `evaluation/report.json`, `report.md`, `recall_vs_qps.png`, and precision@k by class
   where the corpus is organised in a folder per class.
 """
@@ -44,6 +51,7 @@ from ..formats.layout import (
     ADD,
     DEFAULTS_FILE,
     EVALUATE,
+    EVALUATION,
     GT_FILE,
     GT_PARTIAL_FILE,
     PLOT_FILE,
@@ -67,7 +75,7 @@ from ..report.evaluation import (
 )
 from ..search import measure as meter
 from ..search.modes import MODE_PARAMS, MODES
-from ..search.query import embed_query_dir, query_files
+from ..search.query import embed_query_dir, query_files, read_text_queries, require_text_tower
 from ..search.searcher import Searcher
 from ..storage.store import Store
 from ..utils import Timeit, cpu_name
@@ -79,6 +87,9 @@ STAGE = EVALUATE
 K_GT = 100
 GROUP = "evaluation"
 GRID_VERSION = 2
+TEXT = "-text"  # the units and files of the queries in words: groundtruth-text, sweep-text-*
+TEXT_PROMPT = "a photo of a {folder}"
+TEXT_BATCH = 64  # texts embedded at a time
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,14 @@ class EvaluateConfig(StageConfig):
                            action="store_true", group=GROUP)
     checkpoint_seconds: float = opt(30.0, "how often the exact search saves its progress to "
                                     "the store", type=float, group=GROUP)
+    text_queries: str | None = opt(None, "image-text models (clip-*, siglip-*): a UTF-8 file "
+                                   "of queries in words, one a line, measured and tuned "
+                                   "beside the image queries (default: one prompt per "
+                                   "class folder, see --text-prompt)", metavar="FILE",
+                                   group=GROUP)
+    text_prompt: str = opt(TEXT_PROMPT, "image-text models without --text-queries: the "
+                           "query in words made from each class folder's name",
+                           group=GROUP)
     batch_size: int = 256
     tie_epsilon: float = 1e-4
 
@@ -121,6 +140,10 @@ class EvaluateConfig(StageConfig):
             r("labels", self.labels in ("auto", "none"), "must be auto or none"),
             r("query_dir", self.query_dir is None or os.path.isdir(self.query_dir),
               f"{self.query_dir} is not a folder"),
+            r("text_queries", self.text_queries is None or os.path.isfile(self.text_queries),
+              f"{self.text_queries} is not a file"),
+            r("text_prompt", "{folder}" in self.text_prompt,
+              "must contain {folder} (e.g. 'a photo of a {folder}')"),
         ]
 
 
@@ -139,8 +162,11 @@ class EvaluateResult:
         if not self.complete:
             return (f"evaluate stopped early (re-run to resume); {self.seconds:.1f} s. "
                     f"Store: {self.store}")
+        text = self.report.get("text")
+        words = (f"\nQueries in words ({text['queries']:,}):\n" + tuned_table(text)
+                 if text else "")
         return (f"evaluate complete: {self.n_queries:,} queries; {self.seconds:.1f} s.\n"
-                + tuned_table(self.report) +
+                + tuned_table(self.report) + words +
                 f"\nReport: {self.store.rstrip('/')}/{REPORT_MD}")
 
 
@@ -155,13 +181,23 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
         if cfg.remeasure:
             for mode in MODES:
                 run.store.remove_marker(STAGE, f"sweep-{mode}")
+                run.store.remove_marker(STAGE, f"sweep{TEXT}-{mode}")
+        texts = _texts(cfg, run.store, searcher)
         try:
             q = _queries(run, searcher)
-            sweeps = {mode: _sweep(run, searcher, mode, q) for mode in modes}
+            sweeps = {mode: _sweep(run, searcher, mode, q, corpus_id(run.store))
+                      for mode in modes}
+            tq, text_sweeps = None, {}
+            if texts:
+                tq = _text_queries(run, searcher, *texts)
+                text_sweeps = {mode: _sweep(run, searcher, mode, tq, tq["corpus"], TEXT)
+                               for mode in modes}
         except DeadlineReached:
             run.stopped_early()
             return EvaluateResult(False, 0, seconds=run.seconds, store=run.store.url)
         report = _report(cfg, run.store, searcher, q, sweeps)
+        if tq is not None:
+            report["text"] = _text_report(cfg, searcher, tq, text_sweeps, report["tuned"])
         run.lease.check()
         _commit_report(run, report)
     return EvaluateResult(True, len(q["xq"]), report, run.seconds, run.store.url)
@@ -214,7 +250,7 @@ def _queries(run: StageRun, searcher: Searcher) -> dict:
             qids = meter.sample_query_ids(searcher.xb, cfg.queries, cfg.seed, removed)
             xq = np.asarray(searcher.xb[qids], np.float32)
             qkeys = np.array([f"id:{i}" for i in qids])
-        D, I = _ground_truth(run, xq, qids, removed, corpus)
+        D, I = _ground_truth(run, xq, qids, removed, corpus, "")
         commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids), "corpus": corpus},
                    query_ids=qids, query_keys=qkeys, xq=xq, D=D, I=I)
         store.remove_marker(STAGE, "groundtruth-partial", remove_file=True)
@@ -226,10 +262,11 @@ def corpus_id(store: Store) -> str:
     return make_corpus_id(corpus_version(store), removal_version(store))
 
 
-def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: str):
+def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: str,
+                         kind: str):
     """(D, I, shards done) of a checkpoint of this ground truth, or a fresh start."""
     D, I = np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64)
-    pm = run.store.marker(STAGE, "groundtruth-partial")
+    pm = run.store.marker(STAGE, f"groundtruth{kind}-partial")
     if of_corpus(pm, corpus):
         f = load_npz(run.store, pm)
         if f["D"].shape == D.shape and np.array_equal(f["qids"], qids):
@@ -238,13 +275,15 @@ def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: 
 
 
 def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.ndarray,
-                  corpus: str):
+                  corpus: str, kind: str):
     """Exact top K_GT per query (own id left out) over the feature shards, block by block;
-    the partial result is committed every `checkpoint_seconds`, so a kill costs little."""
+    the partial result is committed every `checkpoint_seconds`, so a kill costs little.
+    `kind`: "" for the image queries, TEXT for those in words."""
     cfg, store = run.cfg, run.store
     feats = feature_markers(store)
     kk = K_GT + 1
-    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk), corpus)
+    partial_file = GT_PARTIAL_FILE if not kind else f"{EVALUATION}/groundtruth{kind}-partial.npz"
+    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk), corpus, kind)
     if done:
         logger.info("evaluate: exact search resumes after %d of %d shards", len(done),
                     len(feats))
@@ -262,23 +301,106 @@ def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.n
             bar.update(1)
             if time.monotonic() - last >= cfg.checkpoint_seconds and len(done) < len(feats):
                 run.lease.check()
-                commit_npz(store, GT_PARTIAL_FILE, "groundtruth-partial", run.fp,
+                commit_npz(store, partial_file, f"groundtruth{kind}-partial", run.fp,
                            {"done": done, "corpus": corpus}, D=D, I=I, qids=qids)
                 last = time.monotonic()
     return drop_ids(D, I, np.where(qids >= 0, qids, -2), K_GT)
 
 
+# ------------------------------------------------------------------ queries in words
+
+def _texts(cfg: EvaluateConfig, store: Store, searcher: Searcher):
+    """(texts, their class folders or "", where they came from) for a store whose model
+    has a text tower; None where it has none, or has no class folders to make prompts
+    of and no --text-queries."""
+    if cfg.text_queries:
+        require_text_tower(store)  # a clear refusal, naming the models that have one
+        texts = read_text_queries(cfg.text_queries, "--text-queries")
+        if not texts:
+            raise WorkflowError(f"--text-queries {cfg.text_queries}: no queries in it (one "
+                                "a line, blank lines are skipped)")
+        return texts, [""] * len(texts), cfg.text_queries
+    if not takes_text(store):
+        return None
+    try:
+        labels = [class_label(k) for k in searcher.plan_info[0]]
+    except Exception as e:  # noqa: BLE001 - a store without a readable plan has no folders
+        logger.info("no queries in words: %s", e)
+        return None
+    if not labelled(labels):
+        logger.warning("evaluate: the corpus has no class folders to make queries in words "
+                       "of; pass --text-queries FILE to measure their recall")
+        return None
+    classes = sorted(set(labels))
+    texts = [cfg.text_prompt.format(folder=c.replace("_", " ").replace("-", " "))
+             for c in classes]
+    return texts, classes, f"{cfg.text_prompt!r}, one per class folder"
+
+
+def takes_text(store: Store) -> bool:
+    """Whether the store's model has a text tower."""
+    try:
+        require_text_tower(store)
+    except WorkflowError:
+        return False
+    return True
+
+
+def _text_queries(run: StageRun, searcher: Searcher, texts: list[str], labels: list[str],
+                  source: str) -> dict:
+    """The queries in words, embedded, and their exact top K_GT: from the store, or
+    computed and committed (the corpus and the texts identify them)."""
+    store = run.store
+    corpus = f"{corpus_id(store)}/text-{_sha(texts)}"
+    if not of_corpus(store.marker(STAGE, f"groundtruth{TEXT}"), corpus):
+        _, removed = searcher.removals()
+        with Timeit(f"embedding {len(texts):,} queries in words", logging.INFO):
+            xq = np.vstack([searcher.embedder.embed_text(texts[lo:lo + TEXT_BATCH])
+                            for lo in range(0, len(texts), TEXT_BATCH)]).astype(np.float32)
+        qids = np.full(len(texts), -1, np.int64)
+        D, I = _ground_truth(run, xq, qids, removed, corpus, TEXT)
+        commit_npz(store, f"{EVALUATION}/groundtruth{TEXT}.npz", f"groundtruth{TEXT}",
+                   run.fp, {"n": len(texts), "corpus": corpus, "source": source},
+                   query_ids=qids, query_keys=np.array(texts), labels=np.array(labels),
+                   xq=xq, D=D, I=I)
+        store.remove_marker(STAGE, f"groundtruth{TEXT}-partial", remove_file=True)
+    q = load_npz(store, store.marker(STAGE, f"groundtruth{TEXT}"))
+    return {**q, "corpus": corpus, "source": source}
+
+
+def _text_report(cfg, searcher: Searcher, tq: dict, sweeps: dict, image_tuned: dict) -> dict:
+    """The queries in words: each mode tuned for them, and their recall at the settings
+    tuned on the image queries (what those would have given them)."""
+    tuned = {}
+    for mode, s in sweeps.items():
+        i, met = meter.tune(s["points"], cfg.target_recall)
+        tuned[mode] = {**s["points"][i], "target_met": met, "point": i}
+    at_image = {}
+    for mode, t in image_tuned.items():
+        point, _ = meter.measure(cfg, searcher, mode, meter.params_of(t), tq)
+        at_image[mode] = {k: point[k] for k in ("params", "recall@1", "recall@10", "qps")}
+    out = {"queries": len(tq["xq"]), "query_source": tq["source"],
+           "target_recall": cfg.target_recall, "tuned": tuned,
+           "sweeps": {m: s["points"] for m, s in sweeps.items()},
+           "at_image_settings": at_image, "precision": None}
+    qlabels = [str(x) for x in tq["labels"]]
+    if cfg.labels != "none" and all(qlabels):
+        out["precision"] = _precision_of(searcher, qlabels, tq, sweeps, tuned)
+    return out
+
+
 # ------------------------------------------------------------------ the sweep
 
-def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
+def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict, corpus: str,
+           kind: str = "") -> dict:
     """The mode's sweep: recall and queries/s in batches at each setting not `dominated`
     by one that reached the target, latency at those `to_time` picks (every setting
     with --full-sweep); from the store, measured where missing (a new target may want
-    other settings timed, a higher one the settings passed over), and committed."""
+    other settings timed, a higher one the settings passed over), and committed.
+    `corpus` identifies the corpus and the queries; `kind` is "" or TEXT."""
     import faiss
-    store, unit, cfg = run.store, f"sweep-{mode}", run.cfg
+    store, unit, cfg = run.store, f"sweep{kind}-{mode}", run.cfg
     m = store.marker(STAGE, unit)
-    corpus = corpus_id(store)
     grid = meter.sweep_grid(mode, faiss.extract_index_ivf(searcher.index).nlist,
                             int(searcher.index.ntotal))
     fresh = not of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION or \
@@ -286,7 +408,8 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
     if fresh:
         run.check_deadline()
         points, results, reached = [], [], []
-        for p in tqdm(grid, desc=f"sweep {mode}", unit="setting", disable=not cfg.progress):
+        for p in tqdm(grid, desc=f"sweep {mode}{' (words)' if kind else ''}", unit="setting",
+                      disable=not cfg.progress):
             if not cfg.full_sweep and meter.dominated(p.for_mode(mode), reached):
                 continue
             point, I = meter.measure(cfg, searcher, mode, p, q)
@@ -306,7 +429,8 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict) -> dict:
                                             q, K_GT))
     if fresh or todo:
         run.lease.check()
-        commit_npz(store, sweep_file(mode), unit, run.fp,
+        rel = sweep_file(mode) if not kind else f"{EVALUATION}/{unit}.npz"
+        commit_npz(store, rel, unit, run.fp,
                    {"points": points, "grid": GRID_VERSION, "corpus": corpus, "pruned_for":
                     (None if cfg.full_sweep else cfg.target_recall) if fresh
                     else m.extra.get("pruned_for")}, I=I)
@@ -353,6 +477,14 @@ def _precision(cfg, searcher: Searcher, q: dict, sweeps: dict, tuned: dict) -> d
         qlabels = [class_label(str(k)) for k in q["query_keys"]]
     else:
         qlabels = [labels[i] for i in q["query_ids"]]
+    return _precision_of(searcher, qlabels, q, sweeps, tuned, labels)
+
+
+def _precision_of(searcher: Searcher, qlabels: list[str], q: dict, sweeps: dict,
+                  tuned: dict, labels: list[str] | None = None) -> dict:
+    """Precision@k by class of queries labelled `qlabels` (the corpus: its folders)."""
+    if labels is None:
+        labels = [class_label(k) for k in searcher.plan_info[0]]
     out = {"classes": sorted(set(qlabels)), "by_mode": {}}
     results = {"exact (ground truth)": q["I"]}
     results.update({m: s["I"][tuned[m]["point"]] for m, s in sweeps.items()})
@@ -376,5 +508,9 @@ def _commit_report(run: StageRun, report: dict) -> None:
                "corpus": corpus_id(run.store),
                "tuned": {m: {"recall@10": t["recall@10"], "p50_ms": t["p50_ms"]}
                          for m, t in report["tuned"].items()}}
+    if "text" in report:
+        summary["text"] = {"queries": report["text"]["queries"], "tuned": {
+            m: {"recall@10": t["recall@10"], "p50_ms": t["p50_ms"]}
+            for m, t in report["text"]["tuned"].items()}}
     for unit, (rel, data) in files.items():
         commit_bytes(run.store, rel, unit, run.fp, summary if unit == "report" else None, data)
