@@ -192,3 +192,41 @@ def test_after_a_removal_the_evaluation_is_measured_again_without_the_removed(tm
     assert rep["tuned"]["exact"]["recall@10"] == 1.0
     m = Store(store).marker("evaluate", "sweep-hierarchical")
     assert m.extra["corpus"] == "1.1"
+
+
+def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, monkeypatch):
+    """exact at 2M takes seconds a query: once a mode has reached the target at a
+    smaller single-query p50 than exact's time a query in batches, exact is not timed
+    one query at a time (that took 45 s at 2M). Here its batch speed is made 2 queries/s."""
+    from workflow.search import measure as meter
+    from workflow.stages import evaluate
+    store = indexed_store(tmp_path, n=600, d=32, shard_size=100)
+    measure, timed = meter.measure, []
+
+    def slow_exact(cfg, searcher, mode, p, q):
+        point, I = measure(cfg, searcher, mode, p, q)
+        return ({**point, "qps": 2.0} if mode == "exact" else point), I
+
+    def time_setting(cfg, searcher, mode, *a):
+        timed.append(mode)
+        return real_time(cfg, searcher, mode, *a)
+    real_time = meter.time_setting
+    monkeypatch.setattr(meter, "measure", slow_exact)
+    monkeypatch.setattr(meter, "time_setting", time_setting)
+    res = run(EvaluateConfig(store=str(store), queries=40, latency_queries=5,
+                             modes=("exact", "ivfpq+rerank"), progress=False))
+    assert "exact" not in timed and "ivfpq+rerank" in timed
+    exact = res.report["tuned"]["exact"]
+    assert exact["p50_ms"] is None and exact["recall@10"] == 1.0 and exact["target_met"]
+    assert "500.0 ms a query in batches, above the p50 of ivfpq+rerank" in exact["not_timed"]
+    assert list(res.report["tuned"]) == ["exact", "ivfpq+rerank"]  # the order asked for
+    defaults = json.loads((store / "evaluation" / "search_defaults.json").read_text())
+    assert defaults["default_mode"] == "ivfpq+rerank"
+    assert "- exact: not timed: 500.0 ms a query" in res.summary()
+    # --full-sweep times it all the same
+    timed.clear()
+    run(EvaluateConfig(store=str(store), queries=40, latency_queries=5, full_sweep=True,
+                       modes=("exact", "ivfpq+rerank"), progress=False))
+    assert "exact" in timed
+    assert evaluate.out_of_running({"qps": 2.0}, None) is None
+    assert evaluate.out_of_running({"qps": 1000.0}, ("hierarchical", 1.5)) is None

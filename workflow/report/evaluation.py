@@ -18,8 +18,13 @@ def tuned_table(report: dict) -> str:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items()) or "-"
         flag = "" if t["target_met"] else " (target not reached)"
         rows.append(f"| {mode} | {params}{flag} | {t['recall@1']:.3f} | {t['recall@10']:.3f} | "
-                    f"{t['tie_recall@10']:.3f} | {t['recall@100']:.3f} | {t['p50_ms']:.2f} | "
-                    f"{t['p95_ms']:.2f} | {t['p99_ms']:.2f} | {t['qps']:,.0f} |")
+                    f"{t['tie_recall@10']:.3f} | {_num(t['recall@100'], 3)} | "
+                    f"{_num(t['p50_ms'], 2)} | {_num(t['p95_ms'], 2)} | {_num(t['p99_ms'], 2)} "
+                    f"| {t['qps']:,.0f} |")
+    notes = [f"- {mode}: {t['not_timed']}" for mode, t in report["tuned"].items()
+             if t.get("not_timed")]
+    if notes:
+        rows += ["", *notes]
     return "\n".join(rows)
 
 
@@ -147,7 +152,8 @@ def recall_qps_plot(report: dict) -> bytes:
 
 def search_defaults(report: dict) -> dict:
     """Each mode's tuned parameters, and the default mode: the cheapest (lowest
-    single-query p50) of the modes that reach the target recall, `exact` included (on
+    single-query p50) of the modes that reach the target recall (a mode not timed was
+    out of the running), `exact` included (on
     a small corpus a full scan is both perfect and fastest), the one with the best
     recall@10 among those within 5% of the cheapest; where none reaches the target, the
     one that comes closest. Under "text", the same for the queries in words, where they
@@ -161,7 +167,7 @@ def search_defaults(report: dict) -> dict:
 
 def _defaults(tuned: dict) -> dict:
     out = {m: t["params"] for m, t in tuned.items()}
-    met = [m for m, t in tuned.items() if t["target_met"]]
+    met = [m for m, t in tuned.items() if t["target_met"] and t["p50_ms"] is not None]
     if met:  # the cheapest; of those within 5% of it (noise), the most exact
         fastest = min(tuned[m]["p50_ms"] for m in met)
         best = max((m for m in met if tuned[m]["p50_ms"] <= 1.05 * fastest),

@@ -135,9 +135,13 @@ def to_time(points: list[dict], target: float, n: int = TIMED) -> list[int]:
 
 def tune(points: list[dict], target: float) -> tuple[int, bool]:
     """Index of the cheapest timed point (lowest p50, then highest queries/s) reaching
-    the target recall@10; else of the timed point with the best recall@10. And whether
-    it met it."""
+    the target recall@10; else of the timed point with the best recall@10; where none
+    was timed (a mode out of the running), of the best recall@10 in batches. And
+    whether it met it."""
     timed = [i for i, p in enumerate(points) if p.get("p50_ms") is not None]
+    if not timed:
+        i = max(range(len(points)), key=lambda i: (points[i]["recall@10"], points[i]["qps"]))
+        return i, points[i]["recall@10"] >= target
     ok = [i for i in timed if points[i]["recall@10"] >= target]
     if ok:
         return min(ok, key=lambda i: (points[i]["p50_ms"], -points[i]["qps"])), True
