@@ -216,7 +216,7 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["clip-vit-b32", "siglip-base-224"],
+    ap.add_argument("--models", nargs="*", default=["clip-vit-b32", "siglip-base-224"],
                     choices=list(ARCHITECTURES))
     ap.add_argument("--n", type=int, default=128, help="photos per round")
     ap.add_argument("--batch-size", type=int, default=32)

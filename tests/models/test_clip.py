@@ -126,6 +126,8 @@ def test_a_preset_folder_gives_both_towers_in_one_space(preset):
     t1 = e.embed_text(texts)
     assert t1.shape == (3, DIM) and t1.dtype == np.float32
     np.testing.assert_array_equal(t1[0], t1[1])  # lower-cased, as CLIP was trained
+    eager = backbone.get_text_embeddings(e.hub._token_ids(texts))  # traced: the same
+    np.testing.assert_allclose(t1, keras.ops.convert_to_numpy(eager), rtol=1e-5, atol=1e-6)
     assert not np.allclose(t1[0], t1[2])
     again = make_embedder(ModelSpec("clip-vit-b32", str(preset))).embed_text(texts[::-1])
     np.testing.assert_allclose(again[::-1], t1, rtol=1e-5, atol=1e-6)  # deterministic

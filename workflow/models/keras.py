@@ -323,6 +323,12 @@ class HubModel:
                               f"{self.size} px images (its preset's size); leave it out")
         converter = self.preprocessor.image_converter
         self.preprocessor.image_converter = None  # texts only from here on
+        self._text_tower = self.backbone.get_text_embeddings
+        if select_backend() == "tensorflow":  # traced once: a query 3x faster than eager
+            tf = import_tensorflow()
+            context = int(self.preprocessor.sequence_length)
+            self._text_tower = tf.function(self.backbone.get_text_embeddings, input_signature=[
+                tf.TensorSpec([None, context], tf.int32)])
         scale = [1.0] * 3 if converter.scale is None else converter.scale
         offset = [0.0] * 3 if converter.offset is None else converter.offset
         images = keras.Input((self.size, self.size, 3), name="images")
@@ -353,8 +359,7 @@ class HubModel:
         start and end tokens) is cut there, as KerasHub does, with a warning."""
         import keras
         token_ids = self._token_ids(list(texts))
-        ids = keras.ops.convert_to_tensor(token_ids)
-        y = self.backbone.get_text_embeddings(ids)
+        y = self._text_tower(keras.ops.convert_to_tensor(token_ids))
         return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)
 
     def _token_ids(self, texts: list[str]) -> np.ndarray:
