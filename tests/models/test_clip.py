@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,15 @@ import numpy as np
 import pytest
 
 from workflow.errors import BadQuery, ConfigError
+from workflow.models import converted
 from workflow.models.registry import HUB_MODELS, ModelSpec, OfflineWeightsError, l2_normalize
 
 from conftest import ROOT, indexed_store, write_corpus
 
 WORDS = ("red", "bicycle", "blue", "car", "dog", "cat")
 SIZE, DIM = 32, 8  # the tiny model's input size and embedding dimension
+OPENVINO = pytest.mark.skipif(not converted.openvino_installed(),
+                              reason="openvino is not installed")
 
 
 def tiny_vocabulary(words=WORDS) -> tuple[dict[str, int], list[str]]:
@@ -105,7 +109,7 @@ def test_a_preset_folder_gives_both_towers_in_one_space(preset):
     import keras_hub
 
     from workflow.models.loading import make_embedder
-    e = make_embedder(ModelSpec("clip-vit-b32", str(preset)))
+    e = make_embedder(ModelSpec("clip-vit-b32", str(preset)), runtime="keras")
     assert (e.input_size, e.dim, e.has_text_tower) == (SIZE, DIM, True)
     assert e.info["weights"] == "folder" and e.info["preset"] == "clip_vit_base_patch32"
     assert "runtime" not in e.info  # Keras itself, not a converted copy
@@ -122,6 +126,8 @@ def test_a_preset_folder_gives_both_towers_in_one_space(preset):
     t1 = e.embed_text(texts)
     assert t1.shape == (3, DIM) and t1.dtype == np.float32
     np.testing.assert_array_equal(t1[0], t1[1])  # lower-cased, as CLIP was trained
+    eager = backbone.get_text_embeddings(e.hub._token_ids(texts))  # traced: the same
+    np.testing.assert_allclose(t1, keras.ops.convert_to_numpy(eager), rtol=1e-5, atol=1e-6)
     assert not np.allclose(t1[0], t1[2])
     again = make_embedder(ModelSpec("clip-vit-b32", str(preset))).embed_text(texts[::-1])
     np.testing.assert_allclose(again[::-1], t1, rtol=1e-5, atol=1e-6)  # deterministic
@@ -134,7 +140,7 @@ def test_a_siglip_preset_folder_gives_both_towers_too(tmp_path):
 
     from workflow.models.loading import make_embedder
     folder = save_tiny_siglip(tmp_path / "tiny-siglip")
-    e = make_embedder(ModelSpec("siglip-base-224", str(folder)))
+    e = make_embedder(ModelSpec("siglip-base-224", str(folder)), runtime="keras")
     assert (e.input_size, e.dim, e.info["preset"]) == (SIZE, 16, "siglip_base_patch16_224")
     x = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
     ref = e.hub.backbone.get_vision_embeddings(x.astype(np.float32) / 127.5 - 1)
@@ -155,8 +161,97 @@ def test_the_name_fixes_the_family_and_bad_settings_are_refused(preset, tmp_path
         make_embedder(ModelSpec("clip-vit-b16", str(tmp_path / "nope")))
     with pytest.raises(ConfigError, match="takes 32 px"):
         make_embedder(ModelSpec("clip-vit-b32", str(preset), input_size=64))
-    with pytest.raises(ConfigError, match="runs on Keras only"):
-        make_embedder(ModelSpec("clip-vit-b32", str(preset)), runtime="openvino")
+    with pytest.raises(ConfigError, match="--runtime onnx"):
+        make_embedder(ModelSpec("clip-vit-b32", str(preset)), runtime="onnx")
+
+
+@pytest.fixture(scope="module")
+def siglip_preset(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("siglip") / "tiny-siglip")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("runtime", ["tflite", pytest.param("openvino", marks=OPENVINO)])
+@pytest.mark.parametrize("model", ["clip-vit-b32", "siglip-base-224"])
+def test_the_image_tower_on_a_cpu_runtime_matches_keras_and_words_still_work(
+        preset, siglip_preset, model, runtime):
+    from workflow.models.keras import ConvertedHubEmbedder
+    from workflow.models.loading import make_embedder
+    folder = str(preset if model.startswith("clip") else siglip_preset)
+    keras_e = make_embedder(ModelSpec(model, folder), "off", runtime="keras")
+    fast = make_embedder(ModelSpec(model, folder), "off", runtime=runtime)
+    assert isinstance(fast, ConvertedHubEmbedder) and fast.has_text_tower
+    assert fast.info == {**keras_e.info, "runtime": runtime}
+    x = np.random.default_rng(2).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    want = keras_e(x)
+    got = np.concatenate([fast(x[:2]), fast(x[2:])])  # two batch sizes
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert _cosines(got, want).min() >= 0.9999
+    texts = ["a red bicycle", "a dog"]
+    np.testing.assert_allclose(fast.embed_text(texts), keras_e.embed_text(texts),
+                               rtol=1e-5, atol=1e-6)  # the text tower: Keras's
+
+
+@pytest.mark.parametrize("model,keras_only", [*((m, None) for m in HUB_MODELS),
+                                              ("siglip-base-224", "a reason")])
+def test_auto_puts_an_image_tower_where_it_was_measured_faster(preset, siglip_preset,
+                                                               model, keras_only, caplog,
+                                                               monkeypatch):
+    """As measured (`HUB_KERAS_ONLY`, bench/bench_clip.py), and a model kept on Keras
+    says so, and why, in one line at load."""
+    from workflow.models.keras import HUB_KERAS_ONLY
+    from workflow.models.loading import make_embedder
+    if keras_only:
+        monkeypatch.setitem(HUB_KERAS_ONLY, model, keras_only)
+    folder = str(siglip_preset if model.startswith("siglip") else preset)
+    with caplog.at_level(logging.INFO, logger="workflow.models.loading"):
+        e = make_embedder(ModelSpec(model, folder), "off")
+    if model in HUB_KERAS_ONLY:
+        assert "runtime" not in e.info and not e.convertible
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{model}: the image tower runs on Keras, not a CPU runtime "
+            f"({HUB_KERAS_ONLY[model]})"]
+    else:
+        want = "openvino" if converted.openvino_installed() else "tflite"
+        assert e.info["runtime"] == want and e.keras.convertible
+        assert not caplog.records
+    assert e.embed_text(["a red bicycle"]).shape == (1, e.dim)
+
+
+@pytest.mark.parametrize("model", ["clip-vit-b32", "siglip-base-224"])
+def test_a_text_beyond_the_context_is_cut_with_a_warning(preset, siglip_preset, model,
+                                                         caplog):
+    from workflow.models.loading import make_embedder
+    folder = str(preset if model.startswith("clip") else siglip_preset)
+    e = make_embedder(ModelSpec(model, folder), "off", runtime="keras")
+    hub = e.hub
+    clip = model.startswith("clip")
+    context = hub.preprocessor.sequence_length  # 16 in the tiny models
+    specials = 2 if clip else 1  # CLIP: start and end tokens; SigLIP: an end token
+    words = ["red", "bicycle", "blue", "car"]
+    fits = " ".join((words * 8)[:context - specials])  # a word a token
+    longer = " ".join((words * 8)[:context - specials + 5])
+    with caplog.at_level(logging.WARNING, logger="workflow.models.keras"):
+        ids = hub._token_ids([fits, longer, "a dog"])
+        t = e.embed_text([fits, longer])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # once for the long text in each of the two calls
+    want = (f"is {context - specials + 5} tokens long; the text tower of {model} reads "
+            f"{context - specials} (its context of {context} tokens, less its "
+            f"{'start and end tokens' if clip else 'end token'}): the last 5 were dropped")
+    assert all(want in w for w in warnings), warnings
+    # cut as KerasHub cuts it (the end token kept): the same ids and embedding as the
+    # text that fits, which is the longer one's first context - specials tokens
+    assert ids.shape == (3, context)
+    np.testing.assert_array_equal(ids[0], ids[1])
+    np.testing.assert_array_equal(t[0], t[1])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workflow.models.keras"):
+        e.embed_text([fits, "a dog"])
+    assert not caplog.records  # nothing to say when every text fits
 
 
 @pytest.mark.parametrize("weights", ["imagenet", "none"])

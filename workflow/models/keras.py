@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, WorkflowError
+from .converted import ConvertedEmbedder
 from .quiet import import_tensorflow
 from .registry import (
     HUB_MODELS,
@@ -162,8 +163,9 @@ class KerasEmbedder(Embedder):
             self._keras_model = True
         else:
             self.model, native, default_prep = self._load_file(keras, spec)
-        # a Keras model, not a SavedModel layer; the image-text models stay on Keras
-        self.convertible = self._keras_model and self.hub is None
+        # a Keras model, not a SavedModel layer; an image tower where it pays (`HUB_KERAS_ONLY`)
+        self.convertible = self._keras_model and (self.hub is None
+                                                  or spec.model not in HUB_KERAS_ONLY)
         self.preprocessing = spec.preprocessing or default_prep
         self._run = _compile(self.model, xla, self.preprocessing)
         self.input_size = spec.input_size or native
@@ -268,6 +270,10 @@ HUB_OFFLINE_HELP = (
     "save_to_preset); or, for tests only, --weights none (random weights: retrieval quality "
     "will be meaningless; it still reads the preset's small configuration and tokenizer "
     "files, so they too must have been downloaded once).")
+# The image towers that `--runtime auto` keeps on Keras on a CPU, and why; the others
+# are converted for the CPU runtime as the CNNs are (BENCHMARKS.md, "Extract: the
+# image-text models on the CPU runtime", measured with bench/bench_clip.py).
+HUB_KERAS_ONLY: dict[str, str] = {}
 HUB_CLASSES = {"clip": ("CLIPBackbone", "CLIPPreprocessor"),
                "siglip": ("SigLIPBackbone", "SigLIPPreprocessor")}
 
@@ -292,6 +298,7 @@ class HubModel:
             import keras_hub
         except ImportError as e:
             raise WorkflowError(f"{spec.model} needs KerasHub: pip install keras-hub") from e
+        self.name = spec.model
         self.preset, family = HUB_MODELS[spec.model]
         if spec.preprocessing:
             raise ConfigError(f"--preprocessing: {spec.model} scales its input as its preset "
@@ -316,6 +323,12 @@ class HubModel:
                               f"{self.size} px images (its preset's size); leave it out")
         converter = self.preprocessor.image_converter
         self.preprocessor.image_converter = None  # texts only from here on
+        self._text_tower = self.backbone.get_text_embeddings
+        if select_backend() == "tensorflow":  # traced once: a query 3x faster than eager
+            tf = import_tensorflow()
+            context = int(self.preprocessor.sequence_length)
+            self._text_tower = tf.function(self.backbone.get_text_embeddings, input_signature=[
+                tf.TensorSpec([None, context], tf.int32)])
         scale = [1.0] * 3 if converter.scale is None else converter.scale
         offset = [0.0] * 3 if converter.offset is None else converter.offset
         images = keras.Input((self.size, self.size, 3), name="images")
@@ -341,9 +354,46 @@ class HubModel:
                           "folder)")
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """Texts -> float32 [n, d] text-tower embeddings (not yet normalised)."""
+        """Texts -> float32 [n, d] text-tower embeddings (not yet normalised). A text
+        longer than the tower's context (77 tokens for CLIP, 64 for SigLIP, with the
+        start and end tokens) is cut there, as KerasHub does, with a warning."""
         import keras
-        token_ids = self.preprocessor({"prompts": list(texts), "images": None})["token_ids"]
-        ids = keras.ops.convert_to_tensor(np.asarray(token_ids, np.int32))
-        y = self.backbone.get_text_embeddings(ids)
+        token_ids = self._token_ids(list(texts))
+        y = self._text_tower(keras.ops.convert_to_tensor(token_ids))
         return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)
+
+    def _token_ids(self, texts: list[str]) -> np.ndarray:
+        """int32 [n, context] token ids as the preset's preprocessor packs them; packed
+        once at a length that holds every text whole (a token spans at least one byte of
+        UTF-8, or is a word's leading space), so that what a cut drops can be counted."""
+        context = int(self.preprocessor.sequence_length)
+        room = max([context, *(2 * len(t.encode()) + 8 for t in texts)])
+        packed = self.preprocessor({"prompts": texts, "images": None},
+                                   sequence_length=room)
+        lengths = np.asarray(packed["padding_mask"]).sum(axis=1)
+        if np.all(lengths <= context):  # the common case: as packed at the context
+            return np.asarray(packed["token_ids"], np.int32)[:, :context]
+        start, end = bool(self.preprocessor.add_start_token), bool(
+            self.preprocessor.add_end_token)
+        specials = " and ".join(w for w, on in (("start", start), ("end", end)) if on)
+        for text, n in zip(texts, lengths.tolist()):
+            if n > context:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                logger.warning(
+                    "the text %r is %d tokens long; the text tower of %s reads %d (its "
+                    "context of %d tokens%s): the last %d were dropped", shown,
+                    n - start - end, self.name, context - start - end, context,
+                    f", less its {specials} token{'s' * (start and end)}" if specials
+                    else "", n - context)
+        packed = self.preprocessor({"prompts": texts, "images": None})  # KerasHub's cut
+        return np.asarray(packed["token_ids"], np.int32)
+
+
+class ConvertedHubEmbedder(ConvertedEmbedder):
+    """The image tower of an image-text model on a CPU runtime; texts still go through
+    the text tower on Keras (a query at a time: not worth a conversion)."""
+
+    has_text_tower = True
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        return self.keras.embed_text(texts)

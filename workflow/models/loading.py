@@ -25,21 +25,23 @@ def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = Fa
                   runtime: str = "auto") -> Embedder:
     """The embedder for `spec`, with float16 compute where asked ("on") or, with "auto",
     for a Keras model on a GPU; a Keras model runs on the CPU runtime `runtime` resolves
-    to (`converted`). The image-text models (`HUB_MODELS`) run on Keras."""
+    to (`converted`). The image-text models (`HUB_MODELS`) convert their image tower
+    only, and `auto` keeps those of `keras.HUB_KERAS_ONLY` on Keras."""
     if spec.model.lower().endswith(".tflite"):
         return load_embedder(spec)
-    if spec.model in HUB_MODELS and runtime not in ("auto", "keras"):
-        raise ConfigError(f"--runtime {runtime}: {spec.model} runs on Keras only (--runtime "
-                          "auto or keras)")
     from .converted import ConvertedEmbedder, choose_runtime
-    from .keras import KerasEmbedder, gpu_available
+    from .keras import HUB_KERAS_ONLY, ConvertedHubEmbedder, KerasEmbedder, gpu_available
     mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpu_available())
     keras_embedder = KerasEmbedder(spec, mixed_precision=mixed, xla=xla)
     chosen = choose_runtime(runtime, keras_embedder)
     if chosen == "keras":
+        if runtime == "auto" and spec.model in HUB_KERAS_ONLY and not keras_embedder.on_gpu:
+            logger.info("%s: the image tower runs on Keras, not a CPU runtime (%s)",
+                        spec.model, HUB_KERAS_ONLY[spec.model])
         return keras_embedder
     try:
-        return ConvertedEmbedder(keras_embedder, chosen)
+        cls = ConvertedHubEmbedder if spec.model in HUB_MODELS else ConvertedEmbedder
+        return cls(keras_embedder, chosen)
     except ConfigError as e:
         if runtime != "auto":
             raise
