@@ -9,8 +9,10 @@ row). Every other index type gets a hard-linked copy of it (files are replaced, 
 written in place, so the base is safe) whose train, add, prefilter and evaluate stages
 are reset; then train (`--index-factory`), add and prefilter run in child processes,
 timed, and the evaluate stage tunes `ivfpq+rerank` and `hierarchical` for recall@10
-0.99 (`--target-recall`); each row gives their p50 latency at that recall, the index
-file's size and train + add.
+0.99 (`--target-recall`); each row gives their p50 and p99 latency at that recall, the
+index file's size, train + add, and the peak RSS of each stage's process (os.wait4).
+The base can be any finished store: a type naming the base's own factory measures the
+base's index type with its train and add timed too.
 
     python bench/bench_index_types.py --base bench/out/index/store [--types PQ128x4fs RaBitQ]
         (a type with "IVF" in it is a whole factory string: PCAR512,IVF4096,RaBitQ)
@@ -33,25 +35,37 @@ sys.path.insert(0, str(REPO))
 
 from workflow.utils import cpu_name  # noqa: E402
 
+PEAK_MB: dict[tuple[str, str], float] = {}  # (store, stage) -> the child's peak RSS
+
 
 def stage(store: Path, name: str, *extra: str) -> float:
+    """Wall seconds of a stage in a child process; its peak RSS goes to PEAK_MB."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "workflow", name, "--store", str(store),
-                    "--no-progress", *extra], cwd=REPO, check=True, capture_output=True)
-    return time.perf_counter() - t
+    p = subprocess.Popen([sys.executable, "-m", "workflow", name, "--store", str(store),
+                          "--no-progress", *extra], cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    seconds = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} on {store} failed:\n{err.decode()[-3000:]}")
+    PEAK_MB[(str(store), name)] = usage.ru_maxrss / 1024
+    return seconds
 
 
-def evaluate(store: Path) -> dict:
-    stage(store, "evaluate", "--remeasure", "--target-recall", "0.99", "--modes",
+def evaluate(store: Path, target: str) -> dict:
+    stage(store, "evaluate", "--remeasure", "--target-recall", target, "--modes",
           "ivfpq+rerank", "hierarchical")
     rep = json.loads((store / "evaluation" / "report.json").read_text())
     return {m: {k: t[k] for k in ("params", "recall@10", "p50_ms", "p99_ms", "target_met")}
             for m, t in rep["tuned"].items()}
 
 
-def row(store: Path, factory: str, seconds: dict) -> dict:
-    return {"factory": factory, "seconds": seconds, "tuned": evaluate(store),
-            "index_mb": (store / "index" / "index.faiss").stat().st_size / 2**20}
+def row(store: Path, factory: str, seconds: dict, target: str) -> dict:
+    tuned = evaluate(store, target)
+    return {"factory": factory, "seconds": seconds, "tuned": tuned,
+            "index_mb": (store / "index" / "index.faiss").stat().st_size / 2**20,
+            "peak_mb": {n: PEAK_MB.get((str(store), n)) for n in ("train", "add", "evaluate")}}
 
 
 def main() -> None:
@@ -59,11 +73,12 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--types", nargs="*", default=["PQ128x4fs", "RaBitQ"])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "index-types")
+    ap.add_argument("--target-recall", default="0.99")
     a = ap.parse_args()
     base_factory = json.loads((a.base / "_done" / "train" / "index.json").read_text()
                               )["factory"]
     nlist = base_factory.split(",")[0]
-    rows = [row(a.base, base_factory, {})]
+    rows = [row(a.base, base_factory, {}, a.target_recall)]
     for kind in a.types:
         store = a.out / kind
         shutil.rmtree(store, ignore_errors=True)
@@ -75,23 +90,26 @@ def main() -> None:
         factory = kind if "IVF" in kind else f"{nlist},{kind}"  # a whole factory, or a code
         seconds = {"train": stage(store, "train", "--index-factory", factory),
                    "add": stage(store, "add"), "prefilter": stage(store, "prefilter")}
-        rows.append(row(store, factory, seconds))
+        rows.append(row(store, factory, seconds, a.target_recall))
     print(f"\n{dt.date.today().isoformat()} | {cpu_name()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()} | python bench/bench_index_types.py "
           f"{' '.join(sys.argv[1:])}\n")
-    print("| index | index file | train s | add s | ivfpq+rerank at 0.99: setting, p50 ms "
-          "| hierarchical at 0.99: setting, p50 ms |")
-    print("|---|---:|---:|---:|---|---|")
+    t = a.target_recall
+    print(f"| index | index file | train s | add s | peak RSS train / add / evaluate MB | "
+          f"ivfpq+rerank at {t}: setting, p50 / p99 ms "
+          f"| hierarchical at {t}: setting, p50 / p99 ms |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for r in rows:
         cells = []
         for mode in ("ivfpq+rerank", "hierarchical"):
             t = r["tuned"][mode]
             params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
             flag = "" if t["target_met"] else f" (not reached: {t['recall@10']:.3f})"
-            cells.append(f"{params}{flag}, {t['p50_ms']:.2f}")
+            cells.append(f"{params}{flag}, {t['p50_ms']:.2f} / {t['p99_ms']:.2f}")
         s = r["seconds"]
+        peak = " / ".join("-" if v is None else f"{v:,.0f}" for v in r["peak_mb"].values())
         print(f"| {r['factory']} | {r['index_mb']:.0f} MB | {s.get('train', 0):.0f} | "
-              f"{s.get('add', 0):.0f} | {cells[0]} | {cells[1]} |")
+              f"{s.get('add', 0):.0f} | {peak} | {cells[0]} | {cells[1]} |")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "index_types.json").write_text(json.dumps(rows, indent=1))
 

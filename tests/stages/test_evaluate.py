@@ -199,7 +199,7 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     smaller single-query p50 than exact's time a query in batches, exact is not timed
     one query at a time (that took 45 s at 2M). Here its batch speed is made 2 queries/s."""
     from workflow.search import measure as meter
-    from workflow.stages import evaluate
+    from workflow.stages import sweeps
     store = indexed_store(tmp_path, n=600, d=32, shard_size=100)
     measure, timed = meter.measure, []
 
@@ -228,5 +228,5 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     run(EvaluateConfig(store=str(store), queries=40, latency_queries=5, full_sweep=True,
                        modes=("exact", "ivfpq+rerank"), progress=False))
     assert "exact" in timed
-    assert evaluate.out_of_running({"qps": 2.0}, None) is None
-    assert evaluate.out_of_running({"qps": 1000.0}, ("hierarchical", 1.5)) is None
+    assert sweeps.out_of_running({"qps": 2.0}, None) is None
+    assert sweeps.out_of_running({"qps": 1000.0}, ("hierarchical", 1.5)) is None

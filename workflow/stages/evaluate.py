@@ -26,44 +26,27 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
-
-import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import DeadlineReached, WorkflowError
 from ..formats.evaluation import (
     commit_bytes,
-    commit_npz,
-    load_npz,
-    of_corpus,
     report_json,
     search_defaults_json,
 )
-from ..formats.evaluation import corpus_id as make_corpus_id
-from ..formats.features import feature_markers, fetch_features
 from ..formats.layout import (
     ADD,
     DEFAULTS_FILE,
     EVALUATE,
-    EVALUATION,
-    GT_FILE,
-    GT_PARTIAL_FILE,
     PLOT_FILE,
     PREFILTER,
     REPORT_JSON,
     REPORT_MD,
     TRAIN,
-    sweep_file,
 )
 from ..formats.plan import corpus_version
-from ..formats.removed import removal_version
-from ..index.knn import drop_ids, exact_search, merge_topk
 from ..index.metrics import class_label, labelled, precision_by_class
 from ..options import opt
 from ..report.evaluation import (
@@ -75,21 +58,19 @@ from ..report.evaluation import (
 )
 from ..search import measure as meter
 from ..search.modes import MODE_PARAMS, MODES
-from ..search.query import embed_query_dir, query_files, read_text_queries, require_text_tower
+from ..search.query import query_files
 from ..search.searcher import Searcher
 from ..storage.store import Store
-from ..utils import Timeit, cpu_name
+from ..utils import cpu_name
+from . import groundtruth as gt
+from . import sweeps as sweep
 from .base import StageConfig, StageRun
+from .groundtruth import K_GT, TEXT, TEXT_PROMPT
 
 logger = logging.getLogger(__name__)
 
 STAGE = EVALUATE
-K_GT = 100
 GROUP = "evaluation"
-GRID_VERSION = 2
-TEXT = "-text"  # the units and files of the queries in words: groundtruth-text, sweep-text-*
-TEXT_PROMPT = "a photo of a {folder}"
-TEXT_BATCH = 64  # texts embedded at a time
 
 
 @dataclass(frozen=True)
@@ -182,14 +163,14 @@ def run(cfg: EvaluateConfig) -> EvaluateResult:
             for mode in MODES:
                 run.store.remove_marker(STAGE, f"sweep-{mode}")
                 run.store.remove_marker(STAGE, f"sweep{TEXT}-{mode}")
-        texts = _texts(cfg, run.store, searcher)
+        texts = gt.texts(cfg, run.store, searcher)
         try:
-            q = _queries(run, searcher)
-            sweeps = _sweeps(run, searcher, modes, q, corpus_id(run.store), "")
+            q = gt.queries(run, searcher)
+            sweeps = sweep.sweeps(run, searcher, modes, q, gt.corpus_id(run.store), "")
             tq, text_sweeps = None, {}
             if texts:
-                tq = _text_queries(run, searcher, *texts)
-                text_sweeps = _sweeps(run, searcher, modes, tq, tq["corpus"], TEXT)
+                tq = gt.text_queries(run, searcher, *texts)
+                text_sweeps = sweep.sweeps(run, searcher, modes, tq, tq["corpus"], TEXT)
         except DeadlineReached:
             run.stopped_early()
             return EvaluateResult(False, 0, seconds=run.seconds, store=run.store.url)
@@ -220,150 +201,13 @@ def _settings(cfg: EvaluateConfig) -> dict:
     if cfg.query_dir:
         files = query_files(cfg.query_dir)
         s = {"query_dir": os.path.abspath(cfg.query_dir), "k": K_GT,
-             "query_files": _sha([(str(p.relative_to(cfg.query_dir)), p.stat().st_size)
+             "query_files": gt.sha([(str(p.relative_to(cfg.query_dir)), p.stat().st_size)
                                      for p in files])}
     return s
 
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
-
-
 def _parent(run: StageRun) -> str:
     return "+".join(fp for fp in map(run.frozen_fingerprint, (ADD, PREFILTER)) if fp)
-
-
-# ------------------------------------------------------------------ queries + ground truth
-
-def _queries(run: StageRun, searcher: Searcher) -> dict:
-    """The queries and their exact top K_GT: from the store, or computed and committed."""
-    cfg, store = run.cfg, run.store
-    corpus = corpus_id(store)
-    if not of_corpus(store.marker(STAGE, "groundtruth"), corpus):
-        _, removed = searcher.removals()
-        if cfg.query_dir:
-            qids, xq, qkeys = embed_query_dir(cfg.query_dir, searcher.embedder,
-                                                   cfg.progress)
-        else:
-            qids = meter.sample_query_ids(searcher.xb, cfg.queries, cfg.seed, removed)
-            xq = np.asarray(searcher.xb[qids], np.float32)
-            qkeys = np.array([f"id:{i}" for i in qids])
-        D, I = _ground_truth(run, xq, qids, removed, corpus, "")
-        commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids), "corpus": corpus},
-                   query_ids=qids, query_keys=qkeys, xq=xq, D=D, I=I)
-        store.remove_marker(STAGE, "groundtruth-partial", remove_file=True)
-    return load_npz(store, store.marker(STAGE, "groundtruth"))
-
-
-def corpus_id(store: Store) -> str:
-    """The corpus the store holds now (`formats.evaluation.corpus_id`)."""
-    return make_corpus_id(corpus_version(store), removal_version(store))
-
-
-def _resume_ground_truth(run: StageRun, qids: np.ndarray, shape: tuple, corpus: str,
-                         kind: str):
-    """(D, I, shards done) of a checkpoint of this ground truth, or a fresh start."""
-    D, I = np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64)
-    pm = run.store.marker(STAGE, f"groundtruth{kind}-partial")
-    if of_corpus(pm, corpus):
-        f = load_npz(run.store, pm)
-        if f["D"].shape == D.shape and np.array_equal(f["qids"], qids):
-            return f["D"], f["I"], list(pm.extra["done"])
-    return D, I, []
-
-
-def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.ndarray,
-                  corpus: str, kind: str):
-    """Exact top K_GT per query (own id left out) over the feature shards, block by block;
-    the partial result is committed every `checkpoint_seconds`, so a kill costs little.
-    `kind`: "" for the image queries, TEXT for those in words."""
-    cfg, store = run.cfg, run.store
-    feats = feature_markers(store)
-    kk = K_GT + 1
-    partial_file = GT_PARTIAL_FILE if not kind else f"{EVALUATION}/groundtruth{kind}-partial.npz"
-    D, I, done = _resume_ground_truth(run, qids, (len(xq), kk), corpus, kind)
-    if done:
-        logger.info("evaluate: exact search resumes after %d of %d shards", len(done),
-                    len(feats))
-    last = time.monotonic()
-    with Timeit(f"exact top {K_GT} of {len(xq):,} queries", logging.INFO), \
-            tqdm(total=len(feats), initial=len(done), unit="shard", desc="exact search",
-                 disable=not cfg.progress, mininterval=1.0) as bar:
-        for unit in [u for u in feats if u not in done]:
-            run.check_deadline()
-            ids, x = fetch_features(store, feats[unit], run.work)
-            keep = ~removed[ids]
-            ids, x = (ids, x) if keep.all() else (ids[keep], x[keep])
-            D, I = merge_topk(D, I, *exact_search(xq, [(ids, x)], kk), kk)
-            done.append(unit)
-            bar.update(1)
-            if time.monotonic() - last >= cfg.checkpoint_seconds and len(done) < len(feats):
-                run.lease.check()
-                commit_npz(store, partial_file, f"groundtruth{kind}-partial", run.fp,
-                           {"done": done, "corpus": corpus}, D=D, I=I, qids=qids)
-                last = time.monotonic()
-    return drop_ids(D, I, np.where(qids >= 0, qids, -2), K_GT)
-
-
-# ------------------------------------------------------------------ queries in words
-
-def _texts(cfg: EvaluateConfig, store: Store, searcher: Searcher):
-    """(texts, their class folders or "", where they came from) for a store whose model
-    has a text tower; None where it has none, or has no class folders to make prompts
-    of and no --text-queries."""
-    if cfg.text_queries:
-        require_text_tower(store)  # a clear refusal, naming the models that have one
-        texts = read_text_queries(cfg.text_queries, "--text-queries")
-        if not texts:
-            raise WorkflowError(f"--text-queries {cfg.text_queries}: no queries in it (one "
-                                "a line, blank lines are skipped)")
-        return texts, [""] * len(texts), cfg.text_queries
-    if not takes_text(store):
-        return None
-    try:
-        labels = [class_label(k) for k in searcher.plan_info[0]]
-    except Exception as e:  # noqa: BLE001 - a store without a readable plan has no folders
-        logger.info("no queries in words: %s", e)
-        return None
-    if not labelled(labels):
-        logger.warning("evaluate: the corpus has no class folders to make queries in words "
-                       "of; pass --text-queries FILE to measure their recall")
-        return None
-    classes = sorted(set(labels))
-    texts = [cfg.text_prompt.format(folder=c.replace("_", " ").replace("-", " "))
-             for c in classes]
-    return texts, classes, f"{cfg.text_prompt!r}, one per class folder"
-
-
-def takes_text(store: Store) -> bool:
-    """Whether the store's model has a text tower."""
-    try:
-        require_text_tower(store)
-    except WorkflowError:
-        return False
-    return True
-
-
-def _text_queries(run: StageRun, searcher: Searcher, texts: list[str], labels: list[str],
-                  source: str) -> dict:
-    """The queries in words, embedded, and their exact top K_GT: from the store, or
-    computed and committed (the corpus and the texts identify them)."""
-    store = run.store
-    corpus = f"{corpus_id(store)}/text-{_sha(texts)}"
-    if not of_corpus(store.marker(STAGE, f"groundtruth{TEXT}"), corpus):
-        _, removed = searcher.removals()
-        with Timeit(f"embedding {len(texts):,} queries in words", logging.INFO):
-            xq = np.vstack([searcher.embedder.embed_text(texts[lo:lo + TEXT_BATCH])
-                            for lo in range(0, len(texts), TEXT_BATCH)]).astype(np.float32)
-        qids = np.full(len(texts), -1, np.int64)
-        D, I = _ground_truth(run, xq, qids, removed, corpus, TEXT)
-        commit_npz(store, f"{EVALUATION}/groundtruth{TEXT}.npz", f"groundtruth{TEXT}",
-                   run.fp, {"n": len(texts), "corpus": corpus, "source": source},
-                   query_ids=qids, query_keys=np.array(texts), labels=np.array(labels),
-                   xq=xq, D=D, I=I)
-        store.remove_marker(STAGE, f"groundtruth{TEXT}-partial", remove_file=True)
-    q = load_npz(store, store.marker(STAGE, f"groundtruth{TEXT}"))
-    return {**q, "corpus": corpus, "source": source}
 
 
 def _text_report(cfg, searcher: Searcher, tq: dict, sweeps: dict, image_tuned: dict) -> dict:
@@ -386,96 +230,6 @@ def _text_report(cfg, searcher: Searcher, tq: dict, sweeps: dict, image_tuned: d
         out["precision"] = _precision_of(searcher, qlabels, tq, sweeps, tuned)
     return out
 
-
-# ------------------------------------------------------------------ the sweep
-
-def _sweeps(run: StageRun, searcher: Searcher, modes: list[str], q: dict, corpus: str,
-            kind: str) -> dict:
-    """Every mode's sweep (`_sweep`), `exact` last: by then the cheapest p50 that reached
-    the target is known, and where exact's time a query in batches already exceeds it
-    (at 2M: seconds a query) it is not timed one query at a time. (The other modes are
-    all timed: each one's own tuned setting is its default when it is asked for.)"""
-    done: dict = {}
-    for mode in sorted(modes, key=lambda m: m == "exact"):
-        rival = _cheapest(done, run.cfg.target_recall) if mode == "exact" else None
-        done[mode] = _sweep(run, searcher, mode, q, corpus, kind, rival)
-    return {m: done[m] for m in modes}
-
-
-def _cheapest(sweeps: dict, target: float) -> tuple[str, float] | None:
-    """(mode, p50 ms) of the lowest single-query p50 measured that reaches the target."""
-    best = [(p["p50_ms"], mode) for mode, s in sweeps.items() for p in s["points"]
-            if p.get("p50_ms") is not None and p["recall@10"] >= target]
-    return (min(best)[1], min(best)[0]) if best else None
-
-
-def out_of_running(point: dict, rival: tuple[str, float] | None) -> str | None:
-    """Why `point` need not be timed one query at a time, or None: in batches it already
-    takes longer a query than the `rival`'s single-query p50 (batching only shares work
-    between queries, so one query alone takes at least as long)."""
-    if rival is None or not point["qps"]:
-        return None
-    per_query = 1e3 / point["qps"]
-    if per_query <= rival[1]:
-        return None
-    return (f"not timed: {per_query:.1f} ms a query in batches, above the p50 of "
-            f"{rival[0]} ({rival[1]:.2f} ms), so it cannot be the cheapest")
-
-
-def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict, corpus: str,
-           kind: str = "", rival: tuple[str, float] | None = None) -> dict:
-    """The mode's sweep: recall and queries/s in batches at each setting not `dominated`
-    by one that reached the target, latency at those `to_time` picks (every setting
-    with --full-sweep); from the store, measured where missing (a new target may want
-    other settings timed, a higher one the settings passed over), and committed.
-    `corpus` identifies the corpus and the queries; `kind` is "" or TEXT."""
-    import faiss
-    store, unit, cfg = run.store, f"sweep{kind}-{mode}", run.cfg
-    m = store.marker(STAGE, unit)
-    grid = meter.sweep_grid(mode, faiss.extract_index_ivf(searcher.index).nlist,
-                            int(searcher.index.ntotal))
-    fresh = not of_corpus(m, corpus) or m.extra.get("grid") != GRID_VERSION or \
-        cfg.target_recall > (m.extra.get("pruned_for") or 1.0)  # passed over what it needs
-    if fresh:
-        run.check_deadline()
-        points, results, reached = [], [], []
-        for p in tqdm(grid, desc=f"sweep {mode}{' (words)' if kind else ''}", unit="setting",
-                      disable=not cfg.progress):
-            if not cfg.full_sweep and meter.dominated(p.for_mode(mode), reached):
-                continue
-            point, I = meter.measure(cfg, searcher, mode, p, q)
-            points.append(point)
-            results.append(I)
-            if point["recall@10"] >= cfg.target_recall:
-                reached.append(point["params"])
-        I = np.stack(results)
-    else:
-        points, I = [dict(p) for p in m.extra["points"]], load_npz(store, m)["I"]
-    wanted = range(len(points)) if cfg.full_sweep else meter.to_time(points, cfg.target_recall)
-    todo = []
-    for i in wanted:
-        if points[i].get("p50_ms") is not None:
-            continue
-        why = None if cfg.full_sweep else out_of_running(points[i], rival)
-        if why:
-            logger.info("evaluate: %s %s", mode, why)
-            points[i]["not_timed"] = why
-        else:
-            points[i].pop("not_timed", None)
-            todo.append(i)
-    if todo:
-        run.check_deadline()
-    for i in tqdm(todo, desc=f"time {mode}", unit="setting", disable=not cfg.progress):
-        points[i].update(meter.time_setting(cfg, searcher, mode, meter.params_of(points[i]),
-                                            q, K_GT))
-    if fresh or todo:
-        run.lease.check()
-        rel = sweep_file(mode) if not kind else f"{EVALUATION}/{unit}.npz"
-        commit_npz(store, rel, unit, run.fp,
-                   {"points": points, "grid": GRID_VERSION, "corpus": corpus, "pruned_for":
-                    (None if cfg.full_sweep else cfg.target_recall) if fresh
-                    else m.extra.get("pruned_for")}, I=I)
-    return {"points": points, "I": I}
 
 
 # ------------------------------------------------------------------ the report
@@ -546,7 +300,7 @@ def _commit_report(run: StageRun, report: dict) -> None:
         "defaults": (DEFAULTS_FILE, search_defaults_json(search_defaults(report))),
     }
     summary = {"queries": report["queries"], "target_recall": report["target_recall"],
-               "corpus": corpus_id(run.store),
+               "corpus": gt.corpus_id(run.store),
                "tuned": {m: {"recall@10": t["recall@10"], "p50_ms": t["p50_ms"]}
                          for m, t in report["tuned"].items()}}
     if "text" in report:
