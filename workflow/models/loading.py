@@ -22,26 +22,45 @@ def load_embedder(spec: ModelSpec) -> Embedder:
 
 
 def make_embedder(spec: ModelSpec, mixed_precision: str = "auto", xla: bool = False,
-                  runtime: str = "auto") -> Embedder:
+                  runtime: str = "auto", precision: str = "f32", sample=None,
+                  batch_size: int = 32, calibration: dict | None = None) -> Embedder:
     """The embedder for `spec`, with float16 compute where asked ("on") or, with "auto",
     for a Keras model on a GPU; a Keras model runs on the CPU runtime `runtime` resolves
-    to (`converted`). The image-text models (`HUB_MODELS`) run on Keras."""
+    to (`converted`), in `precision` (f32, bf16, int8, or auto: the fastest that passes
+    the fidelity check on `sample`'s held-out images, timed at `batch_size`; `sample`, an
+    `ImageSample` or a function drawing one, also calibrates INT8; `calibration`: the
+    INT8 calibration a store recorded, looked up in the cache first). The image-text models
+    (`HUB_MODELS`) run on Keras, in float32."""
+    from .precision import PRECISIONS, REDUCED
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: one of {', '.join(PRECISIONS)}")
     if spec.model.lower().endswith(".tflite"):
+        if precision in REDUCED:
+            raise ConfigError(f"--precision {precision}: a .tflite model runs as it is "
+                              "(--precision auto or f32)")
         return load_embedder(spec)
-    if spec.model in HUB_MODELS and runtime not in ("auto", "keras"):
-        raise ConfigError(f"--runtime {runtime}: {spec.model} runs on Keras only (--runtime "
-                          "auto or keras)")
-    from .converted import ConvertedEmbedder, choose_runtime
+    if spec.model in HUB_MODELS and (runtime not in ("auto", "keras") or precision in REDUCED):
+        what = f"--runtime {runtime}" if runtime not in ("auto", "keras") \
+            else f"--precision {precision}"
+        raise ConfigError(f"{what}: {spec.model} runs on Keras only, in float32 (--runtime "
+                          "auto or keras, --precision auto or f32)")
+    from .converted import ConvertedEmbedder, choose_precision, choose_runtime
     from .keras import KerasEmbedder, gpu_available
     mixed = mixed_precision == "on" or (mixed_precision == "auto" and gpu_available())
     keras_embedder = KerasEmbedder(spec, mixed_precision=mixed, xla=xla)
     chosen = choose_runtime(runtime, keras_embedder)
     if chosen == "keras":
+        if precision in REDUCED:
+            raise ConfigError(f"--precision {precision} runs on OpenVINO on a CPU; here "
+                              f"{spec.model} runs on Keras (--precision auto or f32)")
         return keras_embedder
     try:
-        return ConvertedEmbedder(keras_embedder, chosen)
+        if precision == "auto":
+            return choose_precision(keras_embedder, chosen, sample, batch_size)
+        return ConvertedEmbedder(keras_embedder, chosen, precision, sample,
+                                 calibration=calibration)
     except ConfigError as e:
-        if runtime != "auto":
+        if runtime != "auto" or precision in REDUCED:
             raise
         logger.warning("%s; running Keras instead", e)
         return keras_embedder
