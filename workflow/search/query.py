@@ -16,6 +16,7 @@ from ..errors import BadQuery, ConfigError, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
+from ..models.precision import store_sampler
 from ..models.registry import HUB_MODELS, Embedder, ModelSpec, l2_normalize
 from ..storage.store import Store
 
@@ -96,7 +97,12 @@ class QueryEmbedder:
                            "workflow loads, so images cannot be embedded for it: search by "
                            "id or by vector")
         self.opts = ImageOptions(pre["image_size"], pre["jpeg_quality"], pre["max_pixels"])
-        self.embedder = embedder or make_embedder(ModelSpec(**ext["spec"]), "auto")
+        # in the precision of the store's features, INT8 calibrated on the same images
+        frozen = stages[EXTRACT]
+        self.embedder = embedder or make_embedder(
+            ModelSpec(**ext["spec"]), "auto", precision=frozen.get("precision", "f32"),
+            sample=store_sampler(store, frozen.get("calibration")),
+            calibration=frozen.get("calibration"))
         if self.embedder.info["weights_sha256"] != ext["weights_sha256"]:
             raise WorkflowError("the model loaded for queries is not the one the corpus was "
                                 "extracted with (weights differ)")
