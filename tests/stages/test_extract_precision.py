@@ -4,11 +4,13 @@ side embedding in the store's precision (INT8: the model calibrated for the stor
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
+from workflow.errors import ConfigError
 from workflow.formats.features import read_feature_shard
 from workflow.models import converted, precision
 from workflow.search.query import QueryEmbedder
@@ -93,7 +95,7 @@ def test_the_precision_is_recorded_and_a_store_never_mixes_them_unaccepted(store
 
 @BF16
 def test_auto_on_a_new_store_measures_and_queries_use_the_stores_precision(store, model,
-                                                                          monkeypatch):
+                                                                          monkeypatch, caplog):
     monkeypatch.setattr(converted, "nncf_installed", lambda: False)
     monkeypatch.setattr(converted, "_rate", lambda e, b: {"f32": 100, "bf16": 180}[e.precision])
     assert run(_cfg(store, model)).complete
@@ -107,6 +109,17 @@ def test_auto_on_a_new_store_measures_and_queries_use_the_stores_precision(store
     ids, feats, _ = read_feature_shard(str(sorted((store / "features").glob("*.h5"))[0]))
     jpeg = next((store.parent / "src").rglob("*.jpg"))  # some image of the corpus
     assert q.embed([str(jpeg)]).shape == (1, feats.shape[1])
+    # a machine without bfloat16: queries in float32, with a warning
+    real = converted._openvino
+
+    def no_bf16(path, size, precision="f32"):
+        if precision == "bf16":
+            raise ConfigError("--precision bf16: this CPU has no bfloat16 instructions")
+        return real(path, size, precision)
+    monkeypatch.setattr(converted, "_openvino", no_bf16)
+    with caplog.at_level(logging.WARNING, logger="workflow.search.query"):
+        assert QueryEmbedder(Store(store)).embedder.info["precision"] == "f32"
+    assert "are in bf16, which this machine cannot compute" in caplog.text
 
 
 @NNCF
