@@ -125,7 +125,8 @@ class ConvertedEmbedder(Embedder):
     drawing one) gives INT8 its calibration images where no calibrated model is cached,
     and the fidelity check its held-out images; without held-out images the reduced
     precision is loaded unchecked (the query side: the store's extract checked it).
-    `reference`: an already loaded float32 embedder of the same model to check against;
+    `reference`: an already loaded float32 embedder of the same model to check against
+    (else one is loaded for the check, and checked against Keras itself);
     `calibration`: the INT8 calibration a store recorded (its model is looked up first)."""
 
     def __init__(self, keras_embedder, runtime: str, precision: str = "f32",
@@ -146,12 +147,7 @@ class ConvertedEmbedder(Embedder):
         self.dim = keras_embedder.dim
         self.info = {**keras_embedder.info, "runtime": runtime, "precision": precision}
         self._held: tuple[int, np.ndarray] | None = None  # float32 features of held-out images
-        if reference is not None:
-            self._reference = reference
-        elif precision != "f32":
-            self._reference = ConvertedEmbedder(keras_embedder, runtime)
-        else:
-            self._reference = None
+        self._reference = reference
         with Timeit(f"loading the model into {runtime} ({precision})", logging.DEBUG):
             path = converted_file(keras_embedder)
             if runtime != "openvino":
@@ -198,7 +194,9 @@ class ConvertedEmbedder(Embedder):
                            "images, fewer than the %d the check needs)", self.info["model"],
                            self.precision, len(sample.held_out), prec.MIN_HELD_OUT)
             return
-        ref = self._reference.float32_features(sample.held_out)
+        reference = self._reference or ConvertedEmbedder(self.keras, self.runtime)
+        self._reference = None  # not kept: the check is done once, at load
+        ref = reference.float32_features(sample.held_out)
         figures = check_fidelity(ref, batched(self, sample.held_out))
         self.info["fidelity"] = figures
         if not figures["passed"]:
