@@ -13,10 +13,10 @@ The thresholds. Top-10 overlap 0.95: on average one in 20 of the images' 10 near
 neighbours is swapped (half a neighbour per image), and the swapped ones are near-ties
 (features moved by a mean cosine >= 0.999, an angle under 2.6 degrees). Storing float32
 features in float16, as every feature shard does, already gives 0.991-0.997 on real
-photos (`bench/bench_precision.py`): the check allows a few times that floor, no more.
+photos (`bench/bench_precision.py`): 0.3-0.9% swapped, where the check allows 5%.
 Mean cosine 0.999: ten times looser than the float32 conversion's check against Keras
 (0.9999, which stays as it was), far above what a broken quantization gives (cosine 0
-for EfficientNet-B0 with its elementwise products quantized); the precisions that pass
+for EfficientNet-B0 with its elementwise products quantized); the reduced precisions
 measured 0.9995-0.99999. Both are measured on at least MIN_HELD_OUT images: among
 fewer, each image's 10 nearest are most of the others, and the overlap says little.
 Random-weight models (all that could be measured here) give pessimistic overlaps: their
