@@ -145,4 +145,7 @@ def test_an_int8_store_is_calibrated_on_its_images_and_queried_with_that_model(
     shutil.rmtree(tmp_path / "s", ignore_errors=True)
     assert run(_cfg(store, model)).complete  # resumed (auto: int8, the same model)
     assert _precisions(store) == ["int8"] * 3
+    _forget_last_shard(store)
+    assert run(_cfg(store, model, precision="int8")).complete  # asked for: the same model
+    assert _record(store)["calibration"] == calibration
     assert np.isfinite(q.embed([str(next((store.parent / "src").rglob("*.jpg")))])).all()

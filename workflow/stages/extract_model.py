@@ -59,11 +59,13 @@ def load_model(store: Store, cfg, pending: bool, started: bool) -> Embedder:
     """The model for the extract stage of `store` with settings `cfg` (`pending`: work
     is left; `started`: some shard is finished), in the precision asked for or, with
     auto, the store's; refused where it would mix precisions unaccepted."""
-    precision, calibration = stored_precision(store)
-    if cfg.precision != "auto" or precision is None or not started:
-        precision, calibration = cfg.precision, None
-    else:
+    stored, calibration = stored_precision(store)
+    precision = cfg.precision
+    if precision == "auto" and started and stored is not None:
+        precision = stored
         logger.info("precision auto: %s, the precision of the store's features", precision)
+    if not started or precision != stored:
+        calibration = None  # INT8 resumed: the model calibrated for the store, not another
     embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla, cfg.runtime,
                              precision, store_sampler(store, calibration, skip_ids(store)),
                              cfg.batch_size or 32, calibration)
