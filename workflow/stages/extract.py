@@ -218,12 +218,12 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
 def _run_spark(run: StageRun, runner: ShardRunner, pending: list[str], bar) -> None:
     info = runner.embedder.info
-    # the executors run the model as the driver resolved it: the same runtime, which the
-    # probe checks they have
+    # the executors run the model as the driver resolved it (the probe checks they can)
     runtime = info.get("runtime", "keras" if info["kind"] == "keras" else runner.cfg.runtime)
     cfg = dataclasses.replace(runner.cfg, runtime=runtime, precision=info["precision"])
     needs = SPARK_NEEDS + (("openvino",) if runtime == "openvino" else ()) + \
-        (("keras_hub",) if cfg.model in HUB_MODELS else ())
+        (("keras_hub",) if cfg.model in HUB_MODELS else ()) + \
+        (("nncf",) if cfg.precision == "int8" else ())  # to calibrate where not cached
     task = ShardTask(cfg, runner.fp, sorted(runner.skip), info["weights_sha256"],
                      info.get("calibration"))
     for _, (n, timings) in map_shards("spark", task, pending, spark_master=cfg.spark_master,
