@@ -202,3 +202,16 @@ def spark_cluster(tmp_path_factory):
     from spark_cluster import StandaloneCluster
     with StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2) as cluster:
         yield cluster
+
+
+def tiny_keras_model(path) -> str:
+    """A small convolutional Keras model at 32 px, seeded, saved at `path`: converted
+    and calibrated for the CPU runtime in seconds."""
+    import keras
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, activation="relu")(inp)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x)).save(path)
+    return str(path)

@@ -184,7 +184,7 @@ def test_the_image_tower_on_a_cpu_runtime_matches_keras_and_words_still_work(
     keras_e = make_embedder(ModelSpec(model, folder), "off", runtime="keras")
     fast = make_embedder(ModelSpec(model, folder), "off", runtime=runtime)
     assert isinstance(fast, ConvertedHubEmbedder) and fast.has_text_tower
-    assert fast.info == {**keras_e.info, "runtime": runtime}
+    assert fast.info == {**keras_e.info, "runtime": runtime, "precision": "f32"}
     x = np.random.default_rng(2).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
     want = keras_e(x)
     got = np.concatenate([fast(x[:2]), fast(x[2:])])  # two batch sizes

@@ -48,7 +48,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("runtime", ["tflite", pytest.param("openvino", marks=OPENVINO)])
 def test_features_match_keras_on_real_photos(keras_embedder, photos, runtime):
     fast = converted.ConvertedEmbedder(keras_embedder, runtime)
-    assert fast.info == {**keras_embedder.info, "runtime": runtime}
+    assert fast.info == {**keras_embedder.info, "runtime": runtime, "precision": "f32"}
     assert fast.dim == keras_embedder.dim and fast.input_size == 224
     want = keras_embedder(photos)
     got = np.concatenate([fast(photos[:13]), fast(photos[13:])])  # two batch sizes

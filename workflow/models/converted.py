@@ -11,9 +11,17 @@ whole or not at all: a killed conversion leaves nothing a later load would read.
 Runtimes (`--runtime`): `auto` (the default) is `openvino` where the `openvino` package is
 installed, else `tflite`, for a Keras model on the TensorFlow backend without a GPU,
 mixed precision or XLA; `keras` everywhere else. `keras` keeps today's path (and its
-byte-identical features); `tflite` and `openvino` ask for one. OpenVINO is held to
-float32 (it would pick bfloat16 on CPUs that have it, which moved features to cosine
-0.99995 in a try).
+byte-identical features); `tflite` and `openvino` ask for one.
+
+Precisions (`--precision`, OpenVINO only): `f32` holds OpenVINO to float32 (it would pick
+bfloat16 on CPUs that have it); `bf16` computes in bfloat16 (CPUs with AVX512_BF16 or
+AMX); `int8` runs a model quantized by NNCF's post-training quantization, calibrated on a
+seeded sample of the store's own images and cached beside the converted model with a
+JSON saying what it was calibrated on. A reduced precision is used only where it passes
+the fidelity check against float32 on held-out images of the store (`check_fidelity`):
+mean cosine >= MIN_MEAN_COSINE and top-10 neighbours shared >= MIN_OVERLAP. `auto` picks,
+per CPU and model, the fastest precision that passes (`choose_precision`), and says in
+one line what it picked and why the others were not.
 """
 from __future__ import annotations
 
@@ -23,12 +31,29 @@ import io
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..utils import Timeit, cpu_threads, user_cache_dir
+from . import precision as prec
+from .precision import (
+    MIN_SPEEDUP,
+    PRECISIONS,
+    REDUCED,
+    ImageSample,
+    Sampler,
+    batched,
+    bf16_supported,
+    check_fidelity,
+    draw,
+    int8_file,
+    nncf_installed,
+)
+from .precision import quieter as _quieter
+from .precision import remove_orphans as _remove_orphans
 from .quiet import import_tensorflow, native_stderr_filtered
 from .registry import Embedder, apply_preprocessing, global_pool
 
@@ -95,22 +120,48 @@ def converted_file(keras_embedder) -> Path:
 
 
 class ConvertedEmbedder(Embedder):
-    """A Keras application or .keras model through TFLite/XNNPACK or OpenVINO."""
+    """A Keras application or .keras model through TFLite/XNNPACK or OpenVINO, in float32
+    or (OpenVINO) a reduced `precision`. `sample` (an `ImageSample`, or a function
+    drawing one) gives INT8 its calibration images where no calibrated model is cached,
+    and the fidelity check its held-out images; without held-out images the reduced
+    precision is loaded unchecked (the query side: the store's extract checked it).
+    `reference`: an already loaded float32 embedder of the same model to check against
+    (else one is loaded for the check, and checked against Keras itself);
+    `calibration`: the INT8 calibration a store recorded (its model is looked up first)."""
 
-    def __init__(self, keras_embedder, runtime: str):
+    def __init__(self, keras_embedder, runtime: str, precision: str = "f32",
+                 sample: ImageSample | Sampler | None = None,
+                 reference: ConvertedEmbedder | None = None,
+                 calibration: dict | None = None):
+        if precision not in PRECISIONS[1:]:
+            raise ConfigError(f"--precision {precision}: one of {', '.join(PRECISIONS)}")
+        if precision != "f32" and runtime != "openvino":
+            raise ConfigError(f"--precision {precision} needs the OpenVINO runtime "
+                              f"(--runtime openvino), not {runtime}")
         self.keras = keras_embedder
-        self.runtime = runtime
+        self.runtime, self.precision = runtime, precision
         self.input_size = keras_embedder.input_size
         self.preprocessing = keras_embedder.preprocessing
         self.spec = keras_embedder.spec
-        with Timeit(f"loading the model into {runtime}", logging.DEBUG):
-            path = converted_file(keras_embedder)
-            self._infer = _openvino(path, self.input_size) if runtime == "openvino" \
-                else _tflite(path)
         self._lock = threading.Lock()
         self.dim = keras_embedder.dim
-        self.info = {**keras_embedder.info, "runtime": runtime}
-        self._check()
+        self.info = {**keras_embedder.info, "runtime": runtime, "precision": precision}
+        self._held: tuple[int, np.ndarray] | None = None  # float32 features of held-out images
+        self._reference = reference
+        with Timeit(f"loading the model into {runtime} ({precision})", logging.DEBUG):
+            path = converted_file(keras_embedder)
+            if runtime != "openvino":
+                self._infer = _tflite(path)
+            elif precision == "int8":
+                xml, record = int8_file(self, path, sample, calibration)
+                self.info["calibration"] = record
+                self._infer = _openvino(xml, self.input_size, "f32")
+            else:
+                self._infer = _openvino(path, self.input_size, precision)
+        if precision == "f32":
+            self._check()
+        else:
+            self._check_fidelity(sample)
 
     def _check(self) -> None:
         """Refuse a conversion whose features are not Keras's (on seeded noise images)."""
@@ -123,6 +174,35 @@ class ConvertedEmbedder(Embedder):
             raise ConfigError(f"{self.info['model']} through {self.runtime}: features at "
                               f"cosine {float(cos.min()):.6f} to Keras's (at least "
                               f"{MIN_COSINE} is required); use --runtime keras")
+
+    def float32_features(self, images: np.ndarray) -> np.ndarray:
+        """This model's float32 features of `images` (the last held-out set is kept)."""
+        if self._held is None or self._held[0] != id(images):
+            self._held = (id(images), batched(self, images))
+        return self._held[1]
+
+    def _check_fidelity(self, sample) -> None:
+        """Refuse a reduced precision whose features stray from float32's on the held-out
+        images (`check_fidelity`); skipped where there are none."""
+        sample = draw(sample, self.input_size)
+        if sample is None or not len(sample.held_out):
+            logger.debug("%s in %s: no held-out images, fidelity not checked",
+                         self.info["model"], self.precision)
+            return
+        if len(sample.held_out) < prec.MIN_HELD_OUT:
+            logger.warning("%s in %s: not checked against float32 (the store has %d held-out "
+                           "images, fewer than the %d the check needs)", self.info["model"],
+                           self.precision, len(sample.held_out), prec.MIN_HELD_OUT)
+            return
+        reference = self._reference or ConvertedEmbedder(self.keras, self.runtime)
+        self._reference = None  # not kept: the check is done once, at load
+        ref = reference.float32_features(sample.held_out)
+        figures = check_fidelity(ref, batched(self, sample.held_out))
+        self.info["fidelity"] = figures
+        if not figures["passed"]:
+            raise ConfigError(f"{self.info['model']} in {self.precision}: {figures['why']} "
+                              f"against float32 on {len(sample.held_out)} held-out images of "
+                              "the store; use --precision f32 (or auto)")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         s = self.input_size
@@ -153,14 +233,21 @@ def _tflite(path: Path):
     return infer
 
 
-def _openvino(path: Path, size: int):
+def _openvino(path: Path, size: int, precision: str = "f32"):
+    """`path`: the converted .tflite (read by the TFLite frontend; ov.convert_model is 4x
+    slower) or an INT8 model's .xml. `precision`: what OpenVINO computes in where the
+    model does not say (f32 or bf16; an INT8 model's quantized layers are INT8)."""
     import openvino as ov
     core = ov.Core()
-    model = core.read_model(str(path))  # the TFLite frontend; ov.convert_model is 4x slower
+    model = core.read_model(str(path))
     model.reshape([-1, size, size, 3])
+    if precision == "bf16" and "BF16" not in core.get_property("CPU",
+                                                               "OPTIMIZATION_CAPABILITIES"):
+        raise ConfigError("--precision bf16: this CPU has no bfloat16 instructions "
+                          "(AVX512_BF16 or AMX); use --precision f32 or auto")
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": cpu_threads(), "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32"})
+        "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
 
     def infer(x: np.ndarray) -> np.ndarray:
@@ -168,26 +255,66 @@ def _openvino(path: Path, size: int):
     return infer
 
 
-def _remove_orphans(path: Path) -> None:
-    """Delete what conversions killed midway left (their process is gone)."""
-    for tmp in path.parent.glob(".*.tmp"):
+def _rate(embedder, batch: np.ndarray) -> float:
+    t = time.perf_counter()
+    embedder(batch)
+    return len(batch) / (time.perf_counter() - t)
+
+
+def choose_precision(keras_embedder, runtime: str, sample: ImageSample | Sampler | None,
+                     batch_size: int = 32, repeats: int = 3) -> ConvertedEmbedder:
+    """`--precision auto`: the fastest of float32 and the reduced precisions this CPU and
+    installation have that pass the fidelity check on the sample's held-out images,
+    timed side by side on batches of `batch_size` held-out images (interleaved,
+    `repeats` times, best of each). A reduced precision must be MIN_SPEEDUP faster than
+    float32 to be picked. Logs one line: what was picked, and why each other was not."""
+    f32 = ConvertedEmbedder(keras_embedder, runtime)
+    if runtime != "openvino":
+        logger.info("precision auto: f32 (reduced precisions run on OpenVINO; this is %s)",
+                    runtime)
+        return f32
+    sample = draw(sample, f32.input_size)
+    held = 0 if sample is None else len(sample.held_out)
+    if held < prec.MIN_HELD_OUT:
+        logger.info("precision auto: f32 (%d held-out images of the store to check a reduced "
+                    "precision against float32 on, fewer than the %d the check needs)", held,
+                    prec.MIN_HELD_OUT)
+        return f32
+    why: dict[str, str] = {}
+    candidates = {"f32": f32}
+    for precision in REDUCED:
+        if precision == "bf16" and not bf16_supported():
+            why[precision] = "this CPU has no bfloat16 instructions"
+            continue
+        if precision == "int8" and not nncf_installed():
+            why[precision] = "NNCF is not installed (pip install nncf)"
+            continue
         try:
-            os.kill(int(tmp.name.split(".")[-3]), 0)
-        except (ValueError, ProcessLookupError):
-            tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+            candidates[precision] = ConvertedEmbedder(keras_embedder, runtime, precision,
+                                                      sample, reference=f32)
+        except ConfigError as e:
+            why[precision] = str(e).split(": ", 1)[-1].split(" against float32")[0]
+    rates = dict.fromkeys(candidates, 0.0)
+    batch = sample.held_out[:batch_size]
+    if len(candidates) > 1:
+        for e in candidates.values():
+            e(batch)  # warm up at this batch size
+        for _ in range(repeats):
+            for p, e in candidates.items():
+                rates[p] = max(rates[p], _rate(e, batch))
+    best = max(candidates, key=lambda p: rates[p] / (1 if p == "f32" else MIN_SPEEDUP))
+    for p in candidates:
+        if p not in (best, "f32"):
+            why[p] = f"{rates[p] / rates['f32']:.2f}x float32's rate"
+    chosen = candidates[best]
+    figures = chosen.info.get("fidelity")
+    head = f"precision auto: {best}" + (
+        f", {rates[best] / rates['f32']:.2f}x float32's rate ({figures['why']})"
+        if best != "f32" else "")
+    others = "; ".join(f"{p} not used: {w}" for p, w in why.items())
+    line = head + (f"; {others}" if others else "")
+    logger.info("%s", line)
+    chosen.info["auto"] = line
+    return chosen
 
 
-@contextlib.contextmanager
-def _quieter(*names: str):
-    """The named Python loggers at WARNING for the block ("Assets written to ...")."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -16,6 +16,7 @@ from ..errors import BadQuery, ConfigError, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
+from ..models.precision import store_sampler
 from ..models.registry import HUB_MODELS, Embedder, ModelSpec, l2_normalize
 from ..storage.store import Store
 
@@ -96,7 +97,7 @@ class QueryEmbedder:
                            "workflow loads, so images cannot be embedded for it: search by "
                            "id or by vector")
         self.opts = ImageOptions(pre["image_size"], pre["jpeg_quality"], pre["max_pixels"])
-        self.embedder = embedder or make_embedder(ModelSpec(**ext["spec"]), "auto")
+        self.embedder = embedder or store_embedder(store, ModelSpec(**ext["spec"]))
         if self.embedder.info["weights_sha256"] != ext["weights_sha256"]:
             raise WorkflowError("the model loaded for queries is not the one the corpus was "
                                 "extracted with (weights differ)")
@@ -122,6 +123,24 @@ class QueryEmbedder:
             raise BadQuery(f"{self.embedder.info['model']} has no text tower: search by words "
                            f"needs a store extracted with one of {', '.join(HUB_MODELS)}")
         return l2_normalize(self.embedder.embed_text(list(texts)))
+
+
+def store_embedder(store: Store, spec: ModelSpec) -> Embedder:
+    """The model in the precision of the store's features (INT8: calibrated on the same
+    images); float32, with a warning, where this machine cannot run that precision."""
+    frozen = store.run_info()["stages"][EXTRACT]
+    precision, calibration = frozen.get("precision", "f32"), frozen.get("calibration")
+    try:
+        return make_embedder(spec, "auto", precision=precision,
+                             sample=store_sampler(store, calibration),
+                             calibration=calibration)
+    except ConfigError as e:
+        if precision == "f32":
+            raise
+        logger.warning("the features of %s are in %s, which this machine cannot compute "
+                       "(%s): queries are embedded in float32, a little less alike",
+                       store.url, precision, e)
+        return make_embedder(spec, "auto")
 
 
 def read_query_file(path) -> bytes:

@@ -33,13 +33,13 @@ from ..execution.spark import (
     task_cpus,
     worker_cached,
 )
-from ..formats.features import FORMAT_VERSION, write_feature_shard
+from ..formats.features import write_feature_shard
 from ..formats.images import read_for_model, skip_ids
 from ..formats.layout import EXTRACT, FEATURES, PREPROCESS, is_shard
 from ..formats.plan import preprocess_complete
-from ..inputs.imaging import MODEL_INPUT_VERSION
 from ..models.converted import RUNTIMES
 from ..models.loading import make_embedder
+from ..models.precision import PRECISIONS, store_sampler
 from ..models.registry import (
     HUB_MODELS,
     KERAS_APPS,
@@ -54,15 +54,12 @@ from ..storage.lease import Lease
 from ..storage.store import Store
 from ..utils import Timeit
 from .base import StageConfig, StageRun, task_store
+from .extract_model import fingerprinted, load_model, record
 
 logger = logging.getLogger(__name__)
 
 STAGE = EXTRACT
 SPARK_NEEDS = ("numpy", "h5py", "cv2", "tensorflow")  # on every executor
-# Recorded in the shards but left out of the fingerprint: they change features only
-# within float16 rounding (a CPU runtime: within cosine 0.9999), and a resume on another
-# runtime must stay possible.
-NOT_FINGERPRINTED = ("backend", "mixed_precision", "xla", "runtime")
 MODEL = "model"
 
 
@@ -97,6 +94,14 @@ class ExtractConfig(StageConfig):
                        "GPU; keras: Keras itself (the features of earlier releases, byte "
                        "for byte); tflite, openvino: that runtime",
                        choices=list(RUNTIMES), group=MODEL)
+    precision: str = opt("auto", "what OpenVINO computes in: auto: the fastest of f32, bf16 "
+                         "and int8 that passes the fidelity check against float32 on "
+                         "held-out images of the store (on a store begun: its precision); "
+                         "f32; bf16 (CPUs with AVX512_BF16 or AMX); int8 (NNCF post-training "
+                         "quantization calibrated on the store's images; pip install nncf)",
+                         choices=list(PRECISIONS), group=MODEL)
+    accept_mixed_precision: bool = opt(False, "go on with work begun in another --precision "
+                                       "(recorded)", action="store_true", group=MODEL)
     workers: int = opt(help="decoding threads (or processes, with --executor process)",
                        type=int, shown="the number of cores - 1",
                        default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
@@ -173,28 +178,23 @@ def _preprocess_fingerprint(run: StageRun) -> str:
     return fp
 
 
-def fingerprinted(cfg: ExtractConfig, embedder: Embedder) -> dict:
-    """The settings that change the features (and so the fingerprint)."""
-    settings = {k: v for k, v in embedder.info.items() if k not in NOT_FINGERPRINTED}
-    settings.update(crop="centre", features="float16-l2", format=FORMAT_VERSION,
-                    model_input=MODEL_INPUT_VERSION, spec=dataclasses.asdict(cfg.spec()))
-    return settings
-
-
 def run(cfg: ExtractConfig) -> ExtractResult:
     """Run (or resume) the extract stage."""
     with StageRun(STAGE, cfg) as run:
         parent = _preprocess_fingerprint(run)
-        with Timeit("loading the model", logging.INFO):
-            embedder = make_embedder(cfg.spec(), cfg.mixed_precision, cfg.xla, cfg.runtime)
-        fp = run.freeze(fingerprinted(cfg, embedder), parent)
         images = {u: m for u, m in run.store.markers(PREPROCESS).items() if is_shard(u)}
         done = run.store.markers(STAGE)
         pending = [u for u in sorted(images) if u not in done]
-        logger.info("extract: %d shards, %d done, %d to do; model %s (%s), input %d px, "
+        started = any(is_shard(u) for u in done)
+        with Timeit("loading the model", logging.INFO):
+            embedder = load_model(run.store, cfg, bool(pending), started)
+        fp = run.freeze(fingerprinted(cfg, embedder), parent)
+        if not started:
+            record(run.store, embedder)
+        logger.info("extract: %d shards, %d done, %d to do; model %s (%s, %s), input %d px, "
                     "dim %d", len(images), len(images) - len(pending), len(pending),
                     embedder.info["model"], embedder.info.get("runtime", embedder.info["kind"]),
-                    embedder.input_size, embedder.dim)
+                    embedder.info["precision"], embedder.input_size, embedder.dim)
         cfg = resolve_executor(run.cfg, embedder)
         runner = ShardRunner(cfg, run.store, embedder, fp, skip_ids(run.store))
         complete = True
@@ -218,13 +218,14 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
 def _run_spark(run: StageRun, runner: ShardRunner, pending: list[str], bar) -> None:
     info = runner.embedder.info
-    # the executors run the model as the driver resolved it: the same runtime, which the
-    # probe checks they have
+    # the executors run the model as the driver resolved it (the probe checks they can)
     runtime = info.get("runtime", "keras" if info["kind"] == "keras" else runner.cfg.runtime)
-    cfg = dataclasses.replace(runner.cfg, runtime=runtime)
+    cfg = dataclasses.replace(runner.cfg, runtime=runtime, precision=info["precision"])
     needs = SPARK_NEEDS + (("openvino",) if runtime == "openvino" else ()) + \
-        (("keras_hub",) if cfg.model in HUB_MODELS else ())
-    task = ShardTask(cfg, runner.fp, sorted(runner.skip), info["weights_sha256"])
+        (("keras_hub",) if cfg.model in HUB_MODELS else ()) + \
+        (("nncf",) if cfg.precision == "int8" else ())  # to calibrate where not cached
+    task = ShardTask(cfg, runner.fp, sorted(runner.skip), info["weights_sha256"],
+                     info.get("calibration"))
     for _, (n, timings) in map_shards("spark", task, pending, spark_master=cfg.spark_master,
                                       stage=STAGE, deadline=run.deadline,
                                       reachable={"store": run.store.display("run.json")},
@@ -370,18 +371,22 @@ class ShardTask:
     handle and scratch, the model built once per Python worker, and decoding in
     threads."""
 
-    def __init__(self, cfg: ExtractConfig, fp: str, skip: list[int], weights_sha256: str):
+    def __init__(self, cfg: ExtractConfig, fp: str, skip: list[int], weights_sha256: str,
+                 calibration: dict | None = None):
         self.cfg, self.fp, self.skip, self.weights = cfg, fp, skip, weights_sha256
+        self.calibration = calibration  # INT8: what the driver's model was calibrated on
 
     def __call__(self, unit: str) -> tuple[int, dict]:
         return run_in_scratch(STAGE, lambda scratch: self._run(unit, scratch))
 
     def _run(self, unit: str, scratch: str) -> tuple[int, dict]:
         cfg = self.cfg
+        store = task_store(cfg, scratch)
         key = ("embedder", json.dumps(dataclasses.asdict(cfg.spec())), cfg.mixed_precision,
-               cfg.xla, cfg.runtime)
-        embedder = worker_cached(key, lambda: make_embedder(cfg.spec(), cfg.mixed_precision,
-                                                            cfg.xla, cfg.runtime))
+               cfg.xla, cfg.runtime, cfg.precision)
+        embedder = worker_cached(key, lambda: make_embedder(
+            cfg.spec(), cfg.mixed_precision, cfg.xla, cfg.runtime, cfg.precision,
+            store_sampler(store, self.calibration), calibration=self.calibration))
         if embedder.info["weights_sha256"] != self.weights:
             raise WorkflowError(f"the model loaded on this Spark executor has other weights "
                                 f"than the driver's ({cfg.model}, {cfg.weights}): give a "

@@ -80,6 +80,53 @@ def check_versions(store, stage: str, info: dict, versions: dict, pending: bool,
     return True
 
 
+class PrecisionMismatch(FingerprintMismatch):
+    """Work still to be done would be computed in another precision than the rest."""
+
+
+def check_precision(store, stage: str, precision: str, pending: bool, accept: bool,
+                    record: dict | None = None) -> None:
+    """Hold a stage's work to one precision (recorded as `precision`, float32 where a
+    record has none), as library versions are held: where work is left and this run
+    computes in another, raise unless `accept`; accepted, the change and `record` (what
+    the new precision needs to be loaded again) are recorded."""
+    info = store.run_info()
+    frozen = info["stages"].get(stage)
+    if frozen is None:
+        return
+    old = frozen.get("precision", "f32")
+    if old == precision:
+        return
+    if not pending:
+        logger.info("%s: complete, passed over (its features are in %s; this run's would be "
+                    "in %s)", stage, old, precision)
+        return
+    if not accept:
+        raise PrecisionMismatch(
+            f"the {stage} stage in {store.display('run.json')} has work left, and its "
+            f"finished part was computed in {old}; this run computes in {precision}. "
+            f"Re-run with --precision {old} (or auto, which keeps the store's) so that every "
+            f"feature is computed alike, or with --accept-mixed-precision to go on in "
+            f"{precision} (recorded in the store; the features of the two parts then differ "
+            f"as much as {old} and {precision} do).")
+    logger.warning("%s: going on in %s, the finished part being in %s; recorded in run.json",
+                   stage, precision, old)
+    frozen.setdefault("precision_accepted", []).append(
+        {"from": old, "to": precision, "at": _now()})
+    record_precision(store, stage, precision, record, info)
+
+
+def record_precision(store, stage: str, precision: str, record: dict | None = None,
+                     info: dict | None = None) -> None:
+    """Record the precision a stage computes in (and what loading it needs again)."""
+    info = info or store.run_info()
+    frozen = info["stages"][stage]
+    frozen["precision"] = precision
+    frozen.pop("calibration", None)
+    frozen.update(record or {})
+    store.write_json("run.json", info)
+
+
 def freeze(store, stage: str, settings: dict, parent: str | None = None,
            versions: dict | None = None, pending: bool = True,
            accept_new_versions: bool = False) -> str:
