@@ -68,13 +68,67 @@ def row(store: Path, factory: str, seconds: dict, target: str) -> dict:
             "peak_mb": {n: PEAK_MB.get((str(store), n)) for n in ("train", "add", "evaluate")}}
 
 
+def interleaved(stores: list[tuple[str, Path]], n: int, rounds: int) -> dict:
+    """Single-query latency (k=10) of each store in both modes at its tuned settings (the
+    evaluation's search defaults), the same corpus queries (own id left out), the stores
+    taking turns query by query, their order swapped every round: (factory, mode) -> ms."""
+    import numpy as np
+
+    from workflow.search import measure as meter
+    from workflow.search.searcher import Searcher
+    searchers = [(name, Searcher(str(p), cache_size=0)) for name, p in stores]
+    qids = meter.sample_query_ids(searchers[0][1].xb, n, seed=7)
+    xq = np.asarray(searchers[0][1].xb[qids], np.float32)
+    lat = {(name, m): [] for name, _ in searchers for m in MODES}
+    for _, s in searchers:  # warm: the index, the re-rank store and Annoy in memory
+        for m in MODES:
+            s.search_vectors(xq, 10, m, exclude=qids)
+    per = max(1, n // rounds)
+    for r in range(rounds):
+        order = searchers if r % 2 == 0 else searchers[::-1]
+        for i in range(r * per, min(n, (r + 1) * per)):
+            for name, s in order:
+                for m in MODES:
+                    t = time.perf_counter()
+                    s.search_vectors(xq[i:i + 1], 10, m, exclude=qids[i:i + 1])
+                    lat[(name, m)].append(time.perf_counter() - t)
+    return {k: {"p50": float(np.percentile(v, 50)) * 1e3, "p99": float(np.percentile(v, 99))
+                * 1e3, "queries": len(v)} for k, v in lat.items()}
+
+
+MODES = ("ivfpq+rerank", "hierarchical")
+
+
+def print_interleaved(stores: list[tuple[str, Path]], n: int, rounds: int) -> dict:
+    res = interleaved(stores, n, rounds)
+    first = stores[0][0]
+    print(f"\nSide by side: {n} single queries at each index's tuned settings, the indexes "
+          f"taking turns query by query ({rounds} rounds, order swapped each round)\n")
+    print("| index | mode | p50 ms | p99 ms | p50 vs the first |")
+    print("|---|---|---:|---:|---:|")
+    for (name, m), v in res.items():
+        print(f"| {name} | {m} | {v['p50']:.2f} | {v['p99']:.2f} | "
+              f"{v['p50'] / res[(first, m)]['p50']:.2f}x |")
+    return {f"{k[0]} {k[1]}": v for k, v in res.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--types", nargs="*", default=["PQ128x4fs", "RaBitQ"])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "index-types")
     ap.add_argument("--target-recall", default="0.99")
+    ap.add_argument("--interleave", type=int, default=500, metavar="N",
+                    help="then N single queries per index and mode, the indexes taking "
+                    "turns (0: none)")
+    ap.add_argument("--interleave-only", action="store_true",
+                    help="only the side-by-side latency, on the stores a run left in --out")
     a = ap.parse_args()
+    if a.interleave_only:
+        stores = [(json.loads((p / "_done" / "train" / "index.json").read_text())["factory"],
+                   p) for p in [a.base] + [a.out / k for k in a.types]]
+        print_interleaved(stores, a.interleave, 5)
+        return
     base_factory = json.loads((a.base / "_done" / "train" / "index.json").read_text()
                               )["factory"]
     nlist = base_factory.split(",")[0]
@@ -110,8 +164,14 @@ def main() -> None:
         peak = " / ".join("-" if v is None else f"{v:,.0f}" for v in r["peak_mb"].values())
         print(f"| {r['factory']} | {r['index_mb']:.0f} MB | {s.get('train', 0):.0f} | "
               f"{s.get('add', 0):.0f} | {peak} | {cells[0]} | {cells[1]} |")
+    side = {}
+    if a.interleave:
+        stores = [(r["factory"], p) for r, p in zip(rows, [a.base] + [a.out / k for k in
+                                                                    a.types])]
+        side = print_interleaved(stores, a.interleave, 5)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "index_types.json").write_text(json.dumps(rows, indent=1))
+    (a.out / "index_types.json").write_text(json.dumps({"rows": rows, "interleaved": side},
+                                                        indent=1))
 
 
 if __name__ == "__main__":

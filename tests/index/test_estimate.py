@@ -65,13 +65,13 @@ def test_choose_opq_weighs_its_cost(n, train, d, max_s, opq):
 
 def test_plan_index_at_the_design_point_and_overrides():
     p = plan_index(2_000_000, 1280, 8 * GiB)
-    assert p.factory == "PCAR448,IVF4096,RaBitQ" and p.train_size == 159_744
-    assert p.rabitq_dim == 448 and p.pca_dim == 64 and p.pq_m == 64  # 448 bits + 8 = 64 B
+    assert p.factory == "IVF4096,PQ64" and p.train_size == 159_744
+    assert p.pca_dim == 64 and p.pq_m == 64 and p.pq_bits == 8
     assert p.memory_bytes < GiB and p.train_seconds < 300
-    assert "PCAR448,IVF4096,RaBitQ" in p.describe() and "RaBitQ over a PCA" in p.describe()
+    assert "IVF4096,PQ64" in p.describe() and "PQ 64 x 8 bits/vector" in p.describe()
     big = plan_index(10_000_000, 1280, 8 * GiB)
-    assert big.hnsw_quantizer and big.factory == "PCAR448,IVF16384_HNSW32,RaBitQ"
-    assert plan_index(2_000_000, 1280, 8 * GiB, pq_m=64).factory == "IVF4096,PQ64"
+    assert big.hnsw_quantizer and big.factory == "IVF16384_HNSW32,PQ64"
+    assert plan_index(2_000_000, 1280, 8 * GiB, pq_m=32).factory == "IVF4096,PQ32"
     assert plan_index(2_000_000, 64, 8 * GiB).factory == "IVF4096,PQ32"  # too few dims
     tiny = plan_index(406, 1280, 8 * GiB)
     assert tiny.factory == "IVF8,PQ64x3"

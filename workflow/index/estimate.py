@@ -67,23 +67,6 @@ def choose_pq_bits(train_size: int) -> int:
     return max(1, min(8, int(math.log2(train_size / MIN_POINTS_PER_CENTROID))))
 
 
-RABITQ_FACTOR_BYTES = 8  # RaBitQ keeps two floats a vector beside its bits
-MIN_RABITQ_DIM = 64
-
-
-def choose_rabitq_dim(d: int, pq_m: int, bits: int, opq: bool) -> int:
-    """RaBitQ's dimensions (0: keep PQ): the vectors rotated by PCA to as many dims as
-    give the bytes of the PQ code it replaces (one bit a dim, plus its 8 bytes of factors;
-    448 for PQ64), where PQ would use full 8-bit codes and no OPQ. At 2M x 1280 it
-    reached recall@10 0.99 at a quarter of PQ64's latency, trained and added faster, in
-    less memory (BENCHMARKS.md, "Index types at 2M x 1280"); on other vectors it may need
-    more candidates re-ranked than PQ64, which the evaluation's tuning finds."""
-    k = 8 * (pq_m - RABITQ_FACTOR_BYTES)
-    if bits != 8 or opq or k < MIN_RABITQ_DIM or k > d:
-        return 0
-    return k
-
-
 def estimate_train_seconds(train_size: int, d: int, nlist: int, opq: bool) -> float:
     """Rough CPU seconds on 2 cores: k-means, plus the OPQ rotation if asked."""
     t = KMEANS_SECONDS_PER_UNIT * train_size * nlist * d
@@ -115,7 +98,6 @@ class IndexPlan:
     pq_bits: int
     opq: bool
     hnsw_quantizer: bool
-    rabitq_dim: int  # 0: PQ codes
     train_size: int
     pca_dim: int
     factory: str
@@ -124,8 +106,7 @@ class IndexPlan:
 
     def describe(self) -> str:
         opq = " with OPQ" if self.opq else ""
-        codes = (f"RaBitQ over a PCA rotation to {self.rabitq_dim} dims" if self.rabitq_dim
-                 else f"PQ {self.pq_m} x {self.pq_bits} bits/vector{opq}")
+        codes = f"PQ {self.pq_m} x {self.pq_bits} bits/vector{opq}"
         return (f"{self.factory} for {self.n:,} x {self.d}: {self.nlist} lists, {codes}, "
                 f"trained on "
                 f"{self.train_size:,} vectors (about {self.train_seconds:.0f} s on 2 CPU "
@@ -136,9 +117,11 @@ class IndexPlan:
 def plan_index(n: int, d: int, memory_budget: int, nlist: int | None = None,
                pq_m: int | None = None, opq: bool | None = None,
                train_size: int | None = None, pca_dim: int | None = None) -> IndexPlan:
-    """Choose everything not given; the given values are kept as they are (a given PQ
-    size or OPQ keeps PQ codes)."""
-    chosen_codes = pq_m is None and not opq
+    """Choose everything not given; the given values are kept as they are. The codes are
+    PQ: RaBitQ over a PCA rotation (`--index-factory PCAR448,IVF4096,RaBitQ`) was the
+    default once, for its speed on 2M synthetic vectors, but on 100,000 real image
+    embeddings PQ64 answered as fast or faster at recall@10 0.99 (BENCHMARKS.md, "Index
+    types on 100,000 real image embeddings")."""
     nlist = nlist or choose_nlist(n)
     pq_m = pq_m or choose_pq_m(n, d, memory_budget, nlist)
     train_size = min(n, train_size or choose_train_size(n, nlist))
@@ -146,12 +129,9 @@ def plan_index(n: int, d: int, memory_budget: int, nlist: int | None = None,
     bits = choose_pq_bits(train_size)
     hnsw = nlist >= 16384
     coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
-    rabitq = choose_rabitq_dim(d, pq_m, bits, opq) if chosen_codes else 0
     factory = (f"OPQ{pq_m}," if opq else "") + f"{coarse},PQ{pq_m}" + \
         (f"x{bits}" if bits != 8 else "")
-    if rabitq:
-        factory = f"PCAR{rabitq},{coarse},RaBitQ"
-    return IndexPlan(n, d, nlist, pq_m, bits, opq, hnsw, rabitq, train_size,
+    return IndexPlan(n, d, nlist, pq_m, bits, opq, hnsw, train_size,
                      pca_dim or choose_pca_dim(d, train_size),
                      factory, estimate_index_bytes(n, d, nlist, pq_m, opq),
                      estimate_train_seconds(train_size, d, nlist, opq))
