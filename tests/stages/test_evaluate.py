@@ -223,6 +223,9 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     defaults = json.loads((store / "evaluation" / "search_defaults.json").read_text())
     assert defaults["default_mode"] == "ivfpq+rerank"
     assert "- exact: not timed: 500.0 ms a query" in res.summary()
+    status = subprocess.run([sys.executable, "-m", "workflow", "status", "--store",
+                             str(store)], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "exact 1.000 not timed (out of the running)" in status
     # --full-sweep times it all the same
     timed.clear()
     run(EvaluateConfig(store=str(store), queries=40, latency_queries=5, full_sweep=True,
@@ -230,3 +233,5 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     assert "exact" in timed
     assert sweeps.out_of_running({"qps": 2.0}, None) is None
     assert sweeps.out_of_running({"qps": 1000.0}, ("hierarchical", 1.5)) is None
+    assert sweeps.out_of_running({"qps": 100.0}, ("hierarchical", 1.5)) is None  # 10 ms
+    assert "above the p50" in sweeps.out_of_running({"qps": 40.0}, ("hierarchical", 1.5))

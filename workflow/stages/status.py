@@ -280,7 +280,9 @@ def _evaluate_status(v: View) -> Line:
     out = [f"{m.extra.get('queries', 0):,} queries; tuned recall@10 and p50 latency"]
     tuned = m.extra.get("tuned", {})
     for mode in sorted(tuned, key=lambda x: MODES.index(x) if x in MODES else 99):
-        out.append(f"{mode} {tuned[mode]['recall@10']:.3f} at {tuned[mode]['p50_ms']:.2f} ms")
+        p50 = tuned[mode]["p50_ms"]
+        at = "not timed (out of the running)" if p50 is None else f"at {p50:.2f} ms"
+        out.append(f"{mode} {tuned[mode]['recall@10']:.3f} {at}")
     corpus = _evaluated_corpus(m, markers.get("groundtruth"))
     if corpus == v.corpus_id:
         return _progress(v, EVALUATE, Line("complete", out, True))
