@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..utils import Timeit
+from ..utils import Timeit, retry_io
 from .quiet import native_stderr_filtered
 from .registry import apply_preprocessing
 
@@ -252,7 +252,8 @@ def store_sample(store, input_size: int, skip=(), ids: list[int] | None = None,
         units = sorted(rng.choice(units, max_shards, replace=False).tolist())
     pool = []  # (id, shard, row)
     for u in units:
-        sid, status, _, _ = read_outcomes(store, markers[u].path)
+        rel = markers[u].path
+        sid, status, _, _ = retry_io(lambda rel=rel: read_outcomes(store, rel), f"read {rel}")
         ok = (status == Status.OK) & ~np.isin(sid, list(skip))
         pool += [(int(sid[r]), u, int(r)) for r in np.flatnonzero(ok)]
     if ids is not None:
@@ -267,8 +268,10 @@ def store_sample(store, input_size: int, skip=(), ids: list[int] | None = None,
     images = {}
     for u in sorted({x[1] for x in chosen}):
         rows = [x for x in chosen if x[1] == u]
-        for x, jpeg in zip(rows, read_stored_jpegs(store, markers[u].path,
-                                                   [x[2] for x in rows])):
+        rel, offsets = markers[u].path, [x[2] for x in rows]
+        jpegs = retry_io(lambda rel=rel, offsets=offsets: read_stored_jpegs(store, rel, offsets),
+                         f"read {rel}")
+        for x, jpeg in zip(rows, jpegs):
             images[x[0]] = model_input(jpeg, input_size)
     x = np.stack([images[c[0]] for c in chosen])
     cal_ids = [c[0] for c in chosen[:n_cal]]

@@ -58,8 +58,20 @@ def queries(run: StageRun, searcher: Searcher) -> dict:
         D, I = _ground_truth(run, xq, qids, removed, corpus, "")
         commit_npz(store, GT_FILE, "groundtruth", run.fp, {"n": len(qids), "corpus": corpus},
                    query_ids=qids, query_keys=qkeys, xq=xq, D=D, I=I)
-        store.remove_marker(STAGE, "groundtruth-partial", remove_file=True)
+    _drop_partial(store, "")
     return load_npz(store, store.marker(STAGE, "groundtruth"))
+
+
+def _partial_file(kind: str) -> str:
+    return GT_PARTIAL_FILE if not kind else f"{EVALUATION}/groundtruth{kind}-partial.npz"
+
+
+def _drop_partial(store: Store, kind: str) -> None:
+    """The checkpoint of a finished ground truth, marker and file: on every run, as a
+    kill between the ground truth's commit and this may have left either."""
+    store.remove_marker(STAGE, f"groundtruth{kind}-partial", remove_file=True)
+    if store.exists(_partial_file(kind)):
+        store.remove(_partial_file(kind))
 
 
 def corpus_id(store: Store) -> str:
@@ -87,7 +99,7 @@ def _ground_truth(run: StageRun, xq: np.ndarray, qids: np.ndarray, removed: np.n
     cfg, store = run.cfg, run.store
     feats = feature_markers(store)
     kk = K_GT + 1
-    partial_file = GT_PARTIAL_FILE if not kind else f"{EVALUATION}/groundtruth{kind}-partial.npz"
+    partial_file = _partial_file(kind)
     D, I, done = _resume_ground_truth(run, qids, (len(xq), kk), corpus, kind)
     if done:
         logger.info("evaluate: exact search resumes after %d of %d shards", len(done),
@@ -166,7 +178,7 @@ def text_queries(run: StageRun, searcher: Searcher, texts: list[str], labels: li
                    run.fp, {"n": len(texts), "corpus": corpus, "source": source},
                    query_ids=qids, query_keys=np.array(texts), labels=np.array(labels),
                    xq=xq, D=D, I=I)
-        store.remove_marker(STAGE, f"groundtruth{TEXT}-partial", remove_file=True)
+    _drop_partial(store, TEXT)
     q = load_npz(store, store.marker(STAGE, f"groundtruth{TEXT}"))
     return {**q, "corpus": corpus, "source": source}
 
