@@ -203,8 +203,8 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     store = indexed_store(tmp_path, n=600, d=32, shard_size=100)
     measure, timed = meter.measure, []
 
-    def slow_exact(cfg, searcher, mode, p, q):
-        point, I = measure(cfg, searcher, mode, p, q)
+    def slow_exact(cfg, searcher, mode, p, q, **kw):
+        point, I = measure(cfg, searcher, mode, p, q, **kw)
         return ({**point, "qps": 2.0} if mode == "exact" else point), I
 
     def time_setting(cfg, searcher, mode, *a):
@@ -235,3 +235,42 @@ def test_a_mode_slower_in_batches_than_the_cheapest_p50_is_not_timed(tmp_path, m
     assert sweeps.out_of_running({"qps": 1000.0}, ("hierarchical", 1.5)) is None
     assert sweeps.out_of_running({"qps": 100.0}, ("hierarchical", 1.5)) is None  # 10 ms
     assert "above the p50" in sweeps.out_of_running({"qps": 40.0}, ("hierarchical", 1.5))
+
+
+def test_exact_is_swept_on_one_batch_where_a_pass_over_every_query_is_costly(tmp_path,
+                                                                           monkeypatch):
+    """At 2M x 1280 exact's pass over 1,000 queries took a minute (and its warm-up query a
+    full scan of its own): above EXACT_SWEEP_MACS it runs on the first queries within
+    that budget (at most a batch), says so, and its answers are left out of precision by
+    class (the ground truth's are there)."""
+    from workflow.search import measure as meter
+    from workflow.stages import sweeps
+    store = indexed_store(tmp_path, n=600, d=32, shard_size=100)
+    measure, seen = meter.measure, []
+
+    def spy(cfg, searcher, mode, p, q, **kw):
+        seen.append((mode, len(q["xq"]), kw.get("warm_up", True)))
+        return measure(cfg, searcher, mode, p, q, **kw)
+    monkeypatch.setattr(meter, "measure", spy)
+    monkeypatch.setattr(sweeps, "EXACT_SWEEP_MACS", 600 * 32 * 20)
+    monkeypatch.setattr(sweeps, "EXACT_SWEEP_MIN_QUERIES", 10)
+    res = run(EvaluateConfig(store=str(store), queries=40, latency_queries=5, batch_size=16,
+                             modes=("exact", "ivfpq+rerank"), progress=False))
+    assert ("exact", 16, False) in seen and ("exact", 40, True) not in seen  # one batch
+    assert all(n == 40 and warm for mode, n, warm in seen if mode != "exact")
+    exact = res.report["tuned"]["exact"]
+    assert exact["queries"] == 16 and exact["recall@10"] == 1.0 and exact["qps"] > 0
+    assert res.report["tuned"]["ivfpq+rerank"]["queries"] == 40
+    assert "- exact: recall and queries/s on the first 16 of the 40 queries" in res.summary()
+    by_mode = res.report["precision"]["by_mode"]
+    assert "exact" not in by_mode and {"exact (ground truth)", "ivfpq+rerank"} <= set(by_mode)
+    seen.clear()  # the queries within the budget, where that is less than a batch
+    run(EvaluateConfig(store=str(store), queries=40, latency_queries=5,
+                       modes=("exact",), remeasure=True, progress=False))
+    assert seen == [("exact", 20, False)]
+    # below the budget every query is searched, after a warm-up query
+    seen.clear()
+    monkeypatch.setattr(sweeps, "EXACT_SWEEP_MACS", 600 * 32 * 40)
+    run(EvaluateConfig(store=str(store), queries=40, latency_queries=5, batch_size=16,
+                       modes=("exact",), remeasure=True, progress=False))
+    assert seen == [("exact", 40, True)]

@@ -60,17 +60,20 @@ def _batched(cfg, searcher: Searcher, mode: str, p: SearchParams, xq, excl, k: i
                       for lo in range(0, len(xq), cfg.batch_size)])
 
 
-def measure(cfg, searcher: Searcher, mode: str, p: SearchParams, q: dict):
+def measure(cfg, searcher: Searcher, mode: str, p: SearchParams, q: dict, warm_up=True):
     """One setting in batches: recall@1, recall@10 and tie-aware recall@10 against the
     ground truth, and queries/s, asking for K_MEASURED (10) results. Latency and
-    recall@100 are left to `time_setting`, for the settings worth it (`to_time`)."""
+    recall@100 are left to `time_setting`, for the settings worth it (`to_time`).
+    `warm_up`: one query first, outside the timing (not where one query is a full scan
+    of a large store)."""
     xq, qids, gt_D, gt_I = q["xq"], q["query_ids"], q["D"], q["I"]
     excl = np.where(qids >= 0, qids, -2)
-    searcher.search_vectors(xq[:1], K_MEASURED, mode, p, excl[:1])  # warm-up
+    if warm_up:
+        searcher.search_vectors(xq[:1], K_MEASURED, mode, p, excl[:1])
     t = time.perf_counter()
     I10 = _batched(cfg, searcher, mode, p, xq, excl, K_MEASURED)
     qps = len(xq) / (time.perf_counter() - t)
-    point = {"params": p.for_mode(mode), "qps": qps, "latency_queries": 0,
+    point = {"params": p.for_mode(mode), "qps": qps, "queries": len(xq), "latency_queries": 0,
              "p50_ms": None, "p95_ms": None, "p99_ms": None,
              "recall@1": recall_at(I10, gt_I, 1), "recall@10": recall_at(I10, gt_I, 10),
              "tie_recall@10": tie_aware_recall(I10, xq, searcher.xb, gt_D, 10,

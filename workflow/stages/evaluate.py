@@ -282,7 +282,8 @@ def _precision_of(searcher: Searcher, qlabels: list[str], q: dict, sweeps: dict,
         labels = [class_label(k) for k in searcher.plan_info[0]]
     out = {"classes": sorted(set(qlabels)), "by_mode": {}}
     results = {"exact (ground truth)": q["I"]}
-    results.update({m: s["I"][tuned[m]["point"]] for m, s in sweeps.items()})
+    results.update({m: s["I"][tuned[m]["point"]] for m, s in sweeps.items()
+                    if len(s["I"][tuned[m]["point"]]) == len(q["I"])})  # not on a sample
     for name, I in results.items():
         out["by_mode"][name] = {}
         for k in PRECISION_AT:

@@ -24,6 +24,12 @@ GRID_VERSION = 2
 # a batch's fixed costs can exceed one query's time, and timing it costs little anyway
 # (at 2M x 1280 a query in batches takes about 60 ms, one alone 7 s)
 SKIP_TIMING_MS = 20.0
+# exact's sweep runs on the first queries that take this many multiply-adds (about 5 s on
+# 2 cores), at least EXACT_SWEEP_MIN_QUERIES and at most a batch, where a pass over all of
+# them would take more: at 2M x 1280 a pass over 1,000 queries takes a minute, and exact's
+# answers are the ground truth's by definition
+EXACT_SWEEP_MACS = 3e11
+EXACT_SWEEP_MIN_QUERIES = 100
 
 
 def sweeps(run: StageRun, searcher: Searcher, modes: list[str], q: dict, corpus: str,
@@ -37,6 +43,20 @@ def sweeps(run: StageRun, searcher: Searcher, modes: list[str], q: dict, corpus:
         rival = _cheapest(done, run.cfg.target_recall) if mode == "exact" else None
         done[mode] = _sweep(run, searcher, mode, q, corpus, kind, rival)
     return {m: done[m] for m in modes}
+
+
+def _exact_sample(cfg, searcher: Searcher, q: dict) -> tuple[dict, bool]:
+    """(the queries exact's sweep runs on, whether to warm up): all of them, or the
+    first ones within EXACT_SWEEP_MACS (see there) where a pass over all would cost more;
+    then without a warm-up query, which would be a full scan of its own."""
+    nq, per_query = len(q["xq"]), len(searcher.xb) * searcher.d
+    n = min(cfg.batch_size, max(EXACT_SWEEP_MIN_QUERIES, int(EXACT_SWEEP_MACS // per_query)))
+    if per_query * nq <= EXACT_SWEEP_MACS or n >= nq:
+        return q, True
+    logger.info("evaluate: exact searched for the first %d of the %d queries (all of them "
+                "would be %.1e multiply-adds)", n, nq, len(searcher.xb) * searcher.d * nq)
+    return {k: (v[:n] if k in ("xq", "query_ids", "D", "I") else v) for k, v in q.items()}, \
+        False
 
 
 def _cheapest(sweeps: dict, target: float) -> tuple[str, float] | None:
@@ -80,7 +100,8 @@ def _sweep(run: StageRun, searcher: Searcher, mode: str, q: dict, corpus: str,
                       disable=not cfg.progress):
             if not cfg.full_sweep and meter.dominated(p.for_mode(mode), reached):
                 continue
-            point, I = meter.measure(cfg, searcher, mode, p, q)
+            sample, warm = _exact_sample(cfg, searcher, q) if mode == "exact" else (q, True)
+            point, I = meter.measure(cfg, searcher, mode, p, sample, warm_up=warm)
             points.append(point)
             results.append(I)
             if point["recall@10"] >= cfg.target_recall:
