@@ -14,10 +14,13 @@
    --n, the originals are a seeded sample keeping the full corpus's share of originals
    and variants, so a --quick run sees the same mix of sizes. Without ../shared/assets
    the benchmark stops with a message (the demo corpus is no stand-in: 60 subjects).
-2. Stages: `python scripts/01_preprocess.py ... 07_evaluate.py` in order, each as its own
-   child process into a fresh store under --out, with the stages' defaults apart from
+2. Stages: `python scripts/01_preprocess.py ... 08_duplicates.py` in order, each as its
+   own child process into a fresh store under --out, with the stages' defaults apart from
    --model/--weights (EfficientNet-B0 with --weights none by default: the same compute as
-   ImageNet weights, which cannot be downloaded here). For each stage: wall seconds,
+   ImageNet weights, which cannot be downloaded here; on a CPU it runs on the CPU runtime
+   in the precision `--precision auto` picks, as a user's run would; a pretrained model
+   of the assets, e.g. MobileNet v2, gives features whose evaluation and near-duplicate
+   groups mean something). For each stage: wall seconds,
    items and rate, CPU cores busy (user + system time of the stage and its reaped
    workers, from os.wait4, over wall time), peak RSS of its largest process (the
    highest VmHWM in /proc) and of its whole process tree (RSS summed over processes),
@@ -93,16 +96,20 @@ CHUNK = 100                   # corpus items per job of the generating processes
 SIZE_BINS = [(0, 64), (65, 255), (256, 499), (500, 1000), (1001, 10**9)]  # long side, px
 SEARCH_QUERIES = 5            # image queries given to 06_search.py
 
-# Stage times at 2M x 1280 on this 2-core machine (BENCHMARKS.md, 2026-11-22), used where
-# bench/out/index/index.json or bench/out/search.json are absent. add: 372 s after the
-# re-rank store was written with plain writes (index.json may hold the earlier 365 s).
-INDEX_2M_SECONDS = {"train": 175.0, "add": 372.0, "prefilter": 159.0, "evaluate": 753.0}
+# Stage times at 2M x 1280 on this 2-core machine (BENCHMARKS.md), used where
+# bench/out/index/index.json or bench/out/search.json are absent: train, add, prefilter
+# and evaluate of 2026-12-07 (bench_index.py, bench_search.py index); duplicates of
+# 2026-11-29 (bench_duplicates.py: 2,026,001 images in 17.4 min).
+INDEX_2M_SECONDS = {"train": 175.0, "add": 372.0, "prefilter": 159.0, "evaluate": 753.0,
+                    "duplicates": 1044.0}
+INDEX_2M_SOURCE = {"duplicates": "BENCHMARKS.md (2,026,001 x 1280, 2026-11-29)"}
 T4_MODEL_RATE = 1000.0        # images/s, EfficientNet-B0 on a T4 (see the docstring)
 
 STAGES = [  # (name, script)
     ("preprocess", "01_preprocess.py"), ("extract", "02_extract.py"),
     ("train", "03_train.py"), ("add", "04_add.py"), ("prefilter", "05_prefilter.py"),
-    ("search", "06_search.py"), ("evaluate", "07_evaluate.py")]
+    ("search", "06_search.py"), ("evaluate", "07_evaluate.py"),
+    ("duplicates", "08_duplicates.py")]
 
 
 # ---------------------------------------------------------------- corpus
@@ -388,8 +395,13 @@ def stage_figures(r: dict, store: Path) -> None:
         timings = {k: float(v) for k, v in re.findall(r"([a-z][a-z ]*?) ([\d.]+) s",
                                                       split.group(1))} if split else {}
         load = re.search(r"loading the model took ([\d.]+) s", r["log"])
+        picked = re.search(r"precision auto: .*", r["log"])
+        model = re.search(r"; model \S+ \((\w+), (\w+)\)", r["log"])  # (runtime, precision)
         r["own"] = {"timings_s": timings, "model_load_s": float(load.group(1)) if load else None,
-                    "dim": shards[0]["dim"] if shards else None}
+                    "dim": shards[0]["dim"] if shards else None,
+                    "runtime": model.group(1) if model else None,
+                    "precision": model.group(2) if model else None,
+                    "auto_line": picked.group(0) if picked else None}
         busy = sum(timings.values())
         r["steady_rate"] = r["items"] / busy if busy else None
     elif name == "train":
@@ -420,6 +432,16 @@ def stage_figures(r: dict, store: Path) -> None:
                     "p50_ms": {m: t["p50_ms"] for m, t in report["tuned"].items()},
                     "P@10": {m: p["P@10"]["mean"] for m, p in prec.items()}}
         r["report"] = report
+    elif name == "duplicates":
+        knn = [m for m in markers(store, "duplicates") if m["unit"].startswith("shard-")]
+        r["items"], r["unit"] = sum(m["n"] for m in knn), "images"
+        groups = re.search(r"complete: ([\d,]+) groups holding ([\d,]+) images", r["summary"])
+        threshold = re.search(r"threshold ([\d.]+), measured", r["log"])
+        split = dict(re.findall(r"INFO [\w.]+: (.*?) took ([\d.]+) s", r["log"]))
+        r["own"] = {"groups": int(groups.group(1).replace(",", "")) if groups else None,
+                    "grouped": int(groups.group(2).replace(",", "")) if groups else None,
+                    "threshold": float(threshold.group(1)) if threshold else None,
+                    "timings_s": {k: float(v) for k, v in split.items()}}
     r["rate"] = r["items"] / r["seconds"]
 
 
@@ -467,7 +489,7 @@ def cpu_snapshot() -> tuple[float, float, float]:
 def index_figures() -> tuple[dict, dict]:
     """Seconds of train, add, prefilter and evaluate at 2M, and where each comes from."""
     seconds = dict(INDEX_2M_SECONDS)
-    source = dict.fromkeys(INDEX_2M_SECONDS, "BENCHMARKS.md (2M x 1280)")
+    source = {s: INDEX_2M_SOURCE.get(s, "BENCHMARKS.md (2M x 1280)") for s in INDEX_2M_SECONDS}
     for path in (REPO / "bench" / "out" / "index" / "index.json",
                  REPO / "bench" / "out" / "index.json"):
         if path.exists():
@@ -510,9 +532,9 @@ def project(rows: dict, decode: dict, a, tflite: bool) -> tuple[list[dict], list
          "source": "measured here" + ("" if tflite else f"; T4 model rate {gpu_model:,.0f}/s "
                                       "assumed (--t4-model-rate)"),
          "t4_h": (n / t4_extract + load) / 3600, "cpu_h": (n / cpu_model + load) / 3600}]
-    for stage in ("train", "add", "prefilter", "evaluate"):
+    for stage in ("train", "add", "prefilter", "evaluate", "duplicates"):
         s = idx[stage] / f
-        unit = "queries" if stage == "evaluate" else "vectors"
+        unit = "images" if stage == "duplicates" else "vectors"
         rate = f"1,000 queries in {s:,.0f} s" if stage == "evaluate" else f"{n / s:,.0f} {unit}/s"
         out.append({"stage": stage, "bound": "CPU (Faiss / Annoy on 2 cores)", "rate": rate,
                     "source": idx_source[stage], "t4_h": s / 3600, "cpu_h": s / 3600})
@@ -550,14 +572,18 @@ def project(rows: dict, decode: dict, a, tflite: bool) -> tuple[list[dict], list
          "power-capped T4), not a measurement; the decoding rate is of this corpus's mix "
          "of sizes, and an upper bound, as the inference loop's own CPU work (batching, "
          "copying to the GPU, normalising, writing) shares the 2 vCPUs"),
-        "train, add, prefilter and evaluate at 2M take the times measured on this 2-core "
-        "machine by bench/bench_index.py and bench/bench_search.py on 2M x 1280 synthetic "
+        "train, add, prefilter, evaluate and duplicates at 2M take the times measured on "
+        "this 2-core machine by bench/bench_index.py, bench/bench_search.py and "
+        "bench/bench_duplicates.py on 2M x 1280 synthetic "
         "features (EfficientNet-B0's dimension" + (
             f"; this run's features have {ext['own']['dim']}" if ext["own"]["dim"] != 1280
             else "") + "), on the CPU for both runtimes: with faiss-gpu on the T4, k-means "
         "and the exact ground truth would run on the GPU, so the T4 figures are upper bounds",
         "evaluate at 2M: 1,000 queries, its exact ground truth and parameter sweeps "
-        "(bench/bench_search.py index); search: one invocation, as measured here, not scaled",
+        "(bench/bench_search.py index); duplicates at 2M: every image's 10 nearest through "
+        "the index, re-scored exactly, then grouped, at a given threshold (its calibration, "
+        "a few hundred edited copies through the model, is not included); search: one "
+        "invocation, as measured here, not scaled",
         "hours are of work: a Colab session's limits (and --max-minutes) split it across "
         "sessions, each resuming where the last stopped, at the cost of at most one shard "
         "redone and one model load per session (not included)"]
@@ -578,7 +604,7 @@ def full_run_estimate(rows: dict, corpus: dict, n_full: int) -> dict:
     ext = rows["extract"]
     est["extract"] = n_full / ext["steady_rate"] + (ext["own"]["model_load_s"] or 0.0)
     at_2m, _ = index_figures()
-    for s in ("train", "add", "prefilter", "evaluate"):
+    for s in ("train", "add", "prefilter", "evaluate", "duplicates"):
         t = rows[s]["seconds"]
         slope = math.log(at_2m[s] / t) / math.log(PROJECT_N / n) if n < PROJECT_N else 1.0
         est[s] = t * (n_full / n) ** slope
@@ -641,6 +667,11 @@ def report(meta: dict, corpus: dict, rows: dict, decode: dict, proj: list[dict],
     text.append(f"- preprocess report: {pre['totals']}, {pre['failures']} failures, "
                 f"{pre['duplicates']} exact duplicates, {pre['shards']} shard(s)")
     ext = rows["extract"]["own"]
+    text.append(f"- extract: ran on {ext['runtime']} in {ext['precision']}"
+                + (f" (`{ext['auto_line']}`)" if ext["auto_line"] else ""))
+    dup = rows["duplicates"]["own"]
+    text.append(f"- duplicates: threshold {dup['threshold']} (measured on the store); "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in dup["timings_s"].items()))
     text.append(f"- extract: model loaded in {ext['model_load_s']} s; decoding stored JPEGs "
                 f"to {decode['size']} px (the stage's DecodeChunk on {decode['images']:,} "
                 f"images, timed in the benchmark process): {decode['in_process']:,.0f} "
@@ -750,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": [*common, "--no-progress"], "add": [*common, "--no-progress"],
         "prefilter": [*common, "--no-progress"],
         "search": [*common, "--query", *queries, "--json", "--out", str(out / "search.html")],
-        "evaluate": [*common, "--no-progress"]}
+        "evaluate": [*common, "--no-progress"], "duplicates": [*common, "--no-progress"]}
     print(f"running the stages into {store} ...", flush=True)
     cpu0 = cpu_snapshot()
     rows, decode = {}, {}

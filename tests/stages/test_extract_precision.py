@@ -104,8 +104,10 @@ def test_auto_on_a_new_store_measures_and_queries_use_the_stores_precision(store
                                          )[2]["model_info"])
     assert info["auto"].startswith("precision auto: bf16, 1.80x float32's rate")
     assert info["fidelity"]["passed"]
-    q = QueryEmbedder(Store(store))
-    assert q.embedder.info["precision"] == "bf16"
+    with monkeypatch.context() as m:
+        m.setattr(converted, "check_fidelity", lambda *a: pytest.fail("checked again"))
+        q = QueryEmbedder(Store(store))
+    assert q.embedder.info["precision"] == "bf16"  # the store's extract checked it
     ids, feats, _ = read_feature_shard(str(sorted((store / "features").glob("*.h5"))[0]))
     jpeg = next((store.parent / "src").rglob("*.jpg"))  # some image of the corpus
     assert q.embed([str(jpeg)]).shape == (1, feats.shape[1])
@@ -137,7 +139,9 @@ def test_an_int8_store_is_calibrated_on_its_images_and_queried_with_that_model(
         "fingerprint"]
     import nncf
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("calibrated again"))
-    q = QueryEmbedder(Store(store))
+    with monkeypatch.context() as m:
+        m.setattr(converted, "check_fidelity", lambda *a: pytest.fail("checked again"))
+        q = QueryEmbedder(Store(store))
     assert q.embedder.info["precision"] == "int8"
     assert q.embedder.info["calibration"] == calibration
     # the stored features are the query side's features of the same images

@@ -143,6 +143,16 @@ def check_fidelity(ref: np.ndarray, got: np.ndarray, k: int = NEIGHBOURS) -> dic
             "images": len(a), "passed": not fails, "why": why}
 
 
+def calibration_only(sampler: Sampler) -> Sampler:
+    """`sampler`'s draws without their held-out images: an INT8 model missing from this
+    machine's cache is calibrated on the same images as the store's, and the fidelity
+    check, which the store's extract ran, is not run again (the query side)."""
+    def sample(size: int):
+        s = draw(sampler, size)
+        return None if s is None else ImageSample(s.calibration, s.held_out[:0], s.key)
+    return sample
+
+
 def draw(sample, input_size: int) -> ImageSample | None:
     """The sample itself, where `sample` is a function drawing one."""
     return sample(input_size) if callable(sample) else sample

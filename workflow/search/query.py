@@ -16,7 +16,7 @@ from ..errors import BadQuery, ConfigError, WorkflowError
 from ..formats.layout import EXTRACT, PREPROCESS
 from ..inputs.imaging import ImageOptions, Status, model_input, preprocess_image
 from ..models.loading import make_embedder
-from ..models.precision import store_sampler
+from ..models.precision import calibration_only, store_sampler
 from ..models.registry import HUB_MODELS, Embedder, ModelSpec, l2_normalize
 from ..storage.store import Store
 
@@ -127,12 +127,15 @@ class QueryEmbedder:
 
 def store_embedder(store: Store, spec: ModelSpec) -> Embedder:
     """The model in the precision of the store's features (INT8: calibrated on the same
-    images); float32, with a warning, where this machine cannot run that precision."""
+    images); float32, with a warning, where this machine cannot run that precision. The
+    fidelity check against float32 is the store's extract's, not run again here (it
+    took 5 s of every process that embeds a query)."""
     frozen = store.run_info()["stages"][EXTRACT]
     precision, calibration = frozen.get("precision", "f32"), frozen.get("calibration")
+    sample = (calibration_only(store_sampler(store, calibration)) if precision == "int8"
+              else None)
     try:
-        return make_embedder(spec, "auto", precision=precision,
-                             sample=store_sampler(store, calibration),
+        return make_embedder(spec, "auto", precision=precision, sample=sample,
                              calibration=calibration)
     except ConfigError as e:
         if precision == "f32":
