@@ -109,10 +109,6 @@ def remove_orphans(path: Path) -> None:
             pass
 
 
-def _batched(embedder, images: np.ndarray, bs: int = 32) -> np.ndarray:
-    return np.concatenate([embedder(images[i:i + bs]) for i in range(0, len(images), bs)])
-
-
 def batched(embedder, images: np.ndarray, bs: int = 32) -> np.ndarray:
     """Features of `images`, `bs` at a time."""
     return np.concatenate([embedder(images[i:i + bs]) for i in range(0, len(images), bs)])

@@ -261,12 +261,8 @@ def _precision(cfg, searcher: Searcher, q: dict, sweeps: dict, tuned: dict) -> d
     """Precision@k by class, for exact search and each mode at its tuned setting."""
     if cfg.labels == "none":
         return None
-    try:
-        labels = [class_label(k) for k in searcher.plan_info[0]]
-    except Exception as e:  # noqa: BLE001 - a store without a readable plan has no labels
-        logger.info("no class labels: %s", e)
-        return None
-    if not labelled(labels):
+    labels = gt.class_labels(searcher)
+    if labels is None or not labelled(labels):
         return None
     if cfg.query_dir:
         qlabels = [class_label(str(k)) for k in q["query_keys"]]

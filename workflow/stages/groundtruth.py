@@ -137,10 +137,8 @@ def texts(cfg, store: Store, searcher: Searcher):
         return texts, [""] * len(texts), cfg.text_queries
     if not takes_text(store):
         return None
-    try:
-        labels = [class_label(k) for k in searcher.plan_info[0]]
-    except Exception as e:  # noqa: BLE001 - a store without a readable plan has no folders
-        logger.info("no queries in words: %s", e)
+    labels = class_labels(searcher)
+    if labels is None:
         return None
     if not labelled(labels):
         logger.warning("evaluate: the corpus has no class folders to make queries in words "
@@ -183,3 +181,11 @@ def text_queries(run: StageRun, searcher: Searcher, texts: list[str], labels: li
     return {**q, "corpus": corpus, "source": source}
 
 
+def class_labels(searcher: Searcher) -> list[str] | None:
+    """The class folder of every corpus image, or None where the store's plan cannot be
+    read (a store without one has no folders)."""
+    try:
+        return [class_label(k) for k in searcher.plan_info[0]]
+    except Exception as e:  # noqa: BLE001 - any unreadable plan means: no labels
+        logger.info("no class labels: %s", e)
+        return None
