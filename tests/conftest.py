@@ -49,6 +49,23 @@ def leftovers(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in Path(store).rglob("*") if ".tmp-" in p.name)
 
 
+def evaluate_command(store: Path, scratch: Path, queries: int, latency_queries: int,
+                     modes: tuple[str, ...]) -> list[str]:
+    """`python -m workflow evaluate` on `store`, checkpointing at every chance (for the
+    kill tests)."""
+    return [sys.executable, "-m", "workflow", "evaluate", "--store", str(store), "--scratch",
+            str(scratch), "--queries", str(queries), "--latency-queries",
+            str(latency_queries), "--checkpoint-seconds", "0", "--modes", *modes,
+            "--no-progress"]
+
+
+def evaluate_units(store: Path) -> int:
+    """The evaluate stage's committed units, and the queries done in its checkpoints."""
+    from workflow.storage.store import Store
+    m = Store(str(store), create=False).markers("evaluate")
+    return len(m) + sum(len(p.extra["done"]) for u, p in m.items() if "partial" in u)
+
+
 def kill_repeatedly(cmd: list[str], units_done: Callable[[], int], seed: int,
                     max_runs: int = 10, delay: float = 0.3) -> int:
     """Run `cmd` (a stage) again and again, killing it with SIGKILL at seeded random

@@ -13,7 +13,14 @@ from workflow.search.searcher import Searcher
 from workflow.stages.evaluate import EvaluateConfig, run
 from workflow.storage.store import Store
 
-from conftest import ROOT, indexed_store, kill_repeatedly, leftovers
+from conftest import (
+    ROOT,
+    evaluate_command,
+    evaluate_units,
+    indexed_store,
+    kill_repeatedly,
+    leftovers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +97,6 @@ def _recalls(store):
                  and k != "recall@100"} for p in pts] for m, pts in rep["sweeps"].items()}
 
 
-def _eval_units(store) -> int:
-    s = Store(store)
-    m = s.markers("evaluate")
-    partial = m.get("groundtruth-partial")
-    return len(m) + (len(partial.extra["done"]) if partial else 0)
-
-
 @pytest.mark.slow
 def test_sigkill_during_evaluate_then_resume_gives_the_same_results(tmp_path):
     store = indexed_store(tmp_path, n=3000, d=32, shard_size=200)
@@ -104,13 +104,11 @@ def test_sigkill_during_evaluate_then_resume_gives_the_same_results(tmp_path):
     shutil.copytree(store, ref)
 
     def cmd(s):
-        return [sys.executable, "-m", "workflow", "evaluate", "--store", str(s), "--scratch",
-                str(tmp_path / f"scratch-{s.name}"), "--queries", "150", "--latency-queries",
-                "5", "--checkpoint-seconds", "0", "--modes", "exact", "ivfpq+rerank",
-                "hierarchical", "--no-progress"]
+        return evaluate_command(s, tmp_path / f"scratch-{s.name}", 150, 5,
+                                ("exact", "ivfpq+rerank", "hierarchical"))
 
     assert subprocess.run(cmd(ref), cwd=ROOT, capture_output=True).returncode == 0
-    kills = kill_repeatedly(cmd(store), lambda: _eval_units(store), seed=3, delay=0.3)
+    kills = kill_repeatedly(cmd(store), lambda: evaluate_units(store), seed=3, delay=0.3)
     assert kills >= 2
     with np.load(store / "evaluation" / "groundtruth.npz") as a, \
             np.load(ref / "evaluation" / "groundtruth.npz") as b:

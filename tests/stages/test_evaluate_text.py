@@ -3,7 +3,6 @@ tuned beside the image queries (tiny CLIP with random weights from a preset fold
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from workflow.search.searcher import Searcher
 from workflow.stages.evaluate import EvaluateConfig, run
 
 from clip_store import clip_store
-from conftest import ROOT, kill_repeatedly, leftovers
+from conftest import ROOT, evaluate_command, evaluate_units, kill_repeatedly, leftovers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -131,27 +130,19 @@ def test_queries_in_words_on_a_store_without_a_text_tower_are_refused(tmp_path):
     assert res.complete and "text" not in res.report
 
 
-def _units(store) -> int:
-    from workflow.storage.store import Store
-    m = Store(str(store), create=False).markers("evaluate")
-    return len(m) + sum(len(p.extra["done"]) for u, p in m.items() if "partial" in u)
-
-
 def test_sigkill_during_the_text_evaluation_then_resume_gives_the_same_results(tmp_path):
     store = clip_store(tmp_path, n=24)
     ref = tmp_path / "ref"
     shutil.copytree(store, ref)
 
     def cmd(s):
-        return [sys.executable, "-m", "workflow", "evaluate", "--store", str(s), "--scratch",
-                str(tmp_path / f"scratch-{s.name}"), "--queries", "12", "--latency-queries",
-                "3", "--checkpoint-seconds", "0", "--modes", "exact", "ivfpq+rerank",
-                "--no-progress"]
+        return evaluate_command(s, tmp_path / f"scratch-{s.name}", 12, 3,
+                                ("exact", "ivfpq+rerank"))
 
     done = subprocess.run(cmd(ref), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     # first runs are killed while the image queries are measured, later ones in the text part
-    kills = kill_repeatedly(cmd(store), lambda: _units(store), seed=5, delay=1.0)
+    kills = kill_repeatedly(cmd(store), lambda: evaluate_units(store), seed=5, delay=1.0)
     assert kills >= 2
     for name in ("groundtruth.npz", "groundtruth-text.npz"):
         with np.load(store / "evaluation" / name) as a, np.load(ref / "evaluation" / name) as b:
